@@ -1,0 +1,269 @@
+# opgrpo: Flow-GRPO / OP-GRPO post-training as a pipeline of separate stages.
+#   snakemake --profile profiles/local          the default (embedded) experiment and its report
+#   snakemake -f runs/flowgrpo/iter_00003/rewards.parquet   rerun one stage of one iteration
+# Every stage is a plain function (opgrpo_stages.stages.*) also runnable as `opgrpo <stage>`.
+# Stages run inside the Snakemake process (`run:`), so torch is imported once, not per job.
+import sys
+
+from snakemake.utils import min_version, validate
+
+from opgrpo_stages import config as C
+from opgrpo_stages import layout as L
+
+min_version("9.20")
+sys.setrecursionlimit(100000)  # long iteration chains recurse deeply in the DAG builder
+
+configfile: "config.yaml"
+
+
+validate(config, str(C.SCHEMA_PATH))
+C.validate(config, "config.yaml")
+RUNS = list(config["runs"])
+RUN_CFG = {r: C.resolve_run(config, r, "config.yaml") for r in RUNS}
+FIRST = RUNS[0]
+
+
+def cfg_of(run):
+    return RUN_CFG[FIRST] if run == "base" else RUN_CFG[run]
+
+
+def last_iter(run):
+    return RUN_CFG[run]["train"]["iterations"] - 1
+
+
+def K(w):
+    return int(w.iter)
+
+
+wildcard_constraints:
+    run="[A-Za-z0-9_.-]+",
+    iter=r"\d{5}",
+    split="train|heldout",
+
+
+localrules: all, prompts, report
+
+
+REPORT = {
+    "curves": "results/figures/training_curves.png",
+    "heldout": "results/figures/heldout_geneval.png",
+    "grid": "results/figures/samples_base_vs_trained.png",
+    "csv": "results/tables/results.csv",
+    "md": "results/tables/results.md",
+}
+
+
+rule all:
+    input:
+        list(REPORT.values()),
+
+
+rule prompts:
+    output:
+        L.prompts("{split}"),
+    log:
+        "logs/prompts_{split}.log",
+    run:
+        from opgrpo_stages.smk import rule_log
+        from opgrpo_stages.stages.prompts import make_prompts
+
+        with rule_log(log[0]):
+            make_prompts(RUN_CFG[FIRST], wildcards.split, output[0])
+
+
+rule pretrain_base:
+    output:
+        weights=config["model"]["base_weights"] or "models/none.safetensors",
+        log_json=(config["model"]["base_weights"] or "models/none.safetensors").replace(".safetensors", ".json"),
+    log:
+        "logs/pretrain_base.log",
+    benchmark:
+        "logs/benchmarks/pretrain_base.tsv"
+    threads: workflow.cores
+    run:
+        from opgrpo_stages.smk import rule_log
+        from opgrpo_stages.stages.pretrain import pretrain
+
+        with rule_log(log[0]):
+            pretrain(RUN_CFG[FIRST], output.weights, output.log_json)
+
+
+def base_weights(_w=None):
+    return [config["model"]["base_weights"]] if config["model"]["base_weights"] else []
+
+
+rule init_policy:
+    input:
+        base_weights,
+    output:
+        policy=L.policy("{run}", -1),
+        optimizer=L.optimizer("{run}", -1),
+        buffer=L.buffer("{run}", -1)[0],
+        buffer_table=L.buffer("{run}", -1)[1],
+    log:
+        "logs/{run}/init_policy.log",
+    run:
+        from opgrpo_stages.smk import rule_log
+        from opgrpo_stages.stages.init_policy import init_policy
+
+        with rule_log(log[0]):
+            init_policy(RUN_CFG[wildcards.run], out_policy=output.policy, out_optimizer=output.optimizer,
+                        out_buffer=output.buffer, out_buffer_table=output.buffer_table)
+
+
+rule rollout:
+    input:
+        prompts=L.prompts("train"),
+        policy=lambda w: L.policy(w.run, K(w) - 1),
+        buffer=lambda w: L.buffer(w.run, K(w) - 1),
+    output:
+        trajectories=L.trajectories("{run}", "{iter}"),
+        samples=L.samples("{run}", "{iter}"),
+        images=L.images("{run}", "{iter}"),
+    log:
+        "logs/{run}/iter_{iter}/rollout.log",
+    benchmark:
+        "logs/{run}/iter_{iter}/rollout.benchmark.tsv"
+    threads: workflow.cores
+    run:
+        from opgrpo_stages.smk import rule_log
+        from opgrpo_stages.stages.rollout import rollout
+
+        with rule_log(log[0]):
+            rollout(RUN_CFG[wildcards.run], K(wildcards), prompts_path=input.prompts, policy_path=input.policy,
+                    buffer_paths=tuple(input.buffer), out_trajectories=output.trajectories,
+                    out_samples=output.samples, out_images=output.images)
+
+
+rule score:
+    input:
+        images=rules.rollout.output.images,
+        samples=rules.rollout.output.samples,
+    output:
+        rewards=L.rewards("{run}", "{iter}"),
+    log:
+        "logs/{run}/iter_{iter}/score.log",
+    benchmark:
+        "logs/{run}/iter_{iter}/score.benchmark.tsv"
+    run:
+        from opgrpo_stages.smk import rule_log
+        from opgrpo_stages.stages.score import score
+
+        with rule_log(log[0]):
+            score(RUN_CFG[wildcards.run], K(wildcards), images_path=input.images, samples_path=input.samples,
+                  out_rewards=output.rewards)
+
+
+rule buffer_update:
+    input:
+        buffer=lambda w: L.buffer(w.run, K(w) - 1),
+        trajectories=rules.rollout.output.trajectories,
+        samples=rules.rollout.output.samples,
+        rewards=rules.score.output.rewards,
+    output:
+        buffer=L.buffer("{run}", "{iter}")[0],
+        buffer_table=L.buffer("{run}", "{iter}")[1],
+    log:
+        "logs/{run}/iter_{iter}/buffer_update.log",
+    run:
+        from opgrpo_stages.smk import rule_log
+        from opgrpo_stages.stages.buffer_update import buffer_update
+
+        with rule_log(log[0]):
+            buffer_update(RUN_CFG[wildcards.run], K(wildcards), buffer_paths=tuple(input.buffer),
+                          trajectories_path=input.trajectories, samples_path=input.samples,
+                          rewards_path=input.rewards, out_buffer=output.buffer, out_buffer_table=output.buffer_table)
+
+
+rule policy_update:
+    input:
+        policy=lambda w: L.policy(w.run, K(w) - 1),
+        optimizer=lambda w: L.optimizer(w.run, K(w) - 1),
+        trajectories=rules.rollout.output.trajectories,
+        samples=rules.rollout.output.samples,
+        rewards=rules.score.output.rewards,
+    output:
+        policy=L.policy("{run}", "{iter}"),
+        optimizer=L.optimizer("{run}", "{iter}"),
+        metrics=L.metrics("{run}", "{iter}"),
+    log:
+        "logs/{run}/iter_{iter}/policy_update.log",
+    benchmark:
+        "logs/{run}/iter_{iter}/policy_update.benchmark.tsv"
+    threads: workflow.cores
+    run:
+        from opgrpo_stages.smk import rule_log
+        from opgrpo_stages.stages.policy_update import policy_update
+
+        with rule_log(log[0]):
+            policy_update(RUN_CFG[wildcards.run], K(wildcards), policy_path=input.policy,
+                          optimizer_path=input.optimizer, trajectories_path=input.trajectories,
+                          samples_path=input.samples, rewards_path=input.rewards, out_policy=output.policy,
+                          out_optimizer=output.optimizer, out_metrics=output.metrics)
+
+
+rule evaluate:
+    input:
+        prompts=L.prompts("heldout"),
+        policy=rules.policy_update.output.policy,
+        optimizer=rules.policy_update.output.optimizer,
+    output:
+        table=L.eval_table("{run}", "{iter}"),
+        grid=L.eval_grid("{run}", "{iter}"),
+    log:
+        "logs/{run}/eval_{iter}.log",
+    threads: workflow.cores
+    run:
+        from opgrpo_stages.smk import rule_log
+        from opgrpo_stages.stages.evaluate import evaluate
+
+        with rule_log(log[0]):
+            evaluate(RUN_CFG[wildcards.run], prompts_path=input.prompts, policy_path=input.policy,
+                     optimizer_path=input.optimizer, out_table=output.table, out_grid=output.grid)
+
+
+rule evaluate_base:
+    input:
+        base_weights,
+        prompts=L.prompts("heldout"),
+    output:
+        table=L.eval_table("base", 0),
+        grid=L.eval_grid("base", 0),
+    log:
+        "logs/base/eval.log",
+    threads: workflow.cores
+    run:
+        from opgrpo_stages.smk import rule_log
+        from opgrpo_stages.stages.evaluate import evaluate
+
+        with rule_log(log[0]):
+            evaluate(RUN_CFG[FIRST], prompts_path=input.prompts, policy_path=None, out_table=output.table,
+                     out_grid=output.grid)
+
+
+def report_inputs(_w):
+    out = {"base": L.eval_table("base", 0)}
+    for r in RUNS:
+        n = RUN_CFG[r]["train"]["iterations"]
+        out[f"{r}_metrics"] = [L.metrics(r, k) for k in range(n)]
+        out[f"{r}_eval"] = [L.eval_table(r, k) for k in L.eval_iterations(RUN_CFG[r])]
+    return out
+
+
+rule report:
+    input:
+        unpack(report_inputs),
+    output:
+        curves=report(REPORT["curves"], category="Training", caption="report/curves.rst"),
+        heldout=report(REPORT["heldout"], category="Held-out GenEval", caption="report/heldout.rst"),
+        grid=report(REPORT["grid"], category="Samples", caption="report/grid.rst"),
+        csv=report(REPORT["csv"], category="Tables", caption="report/table.rst"),
+        md=REPORT["md"],
+    log:
+        "logs/report.log",
+    run:
+        from opgrpo_stages.smk import rule_log
+        from opgrpo_stages.stages.report import report as make_report
+
+        with rule_log(log[0]):
+            make_report(config, outputs=dict(output))

@@ -1,0 +1,117 @@
+"""Configuration: load ``config.yaml``, validate it against ``schemas/config.schema.yaml``
+(filling defaults), and resolve one run's configuration (top level deep-merged with
+``runs[<run>]``). The same schema backs Snakemake's ``validate`` and the stage CLIs."""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+SCHEMA_PATH = Path(str(resources.files("opgrpo_stages") / "schemas" / "config.schema.yaml"))
+
+
+def schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _validator():
+    from jsonschema import Draft202012Validator, validators
+
+    def set_defaults(validator, properties, instance, sch):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, sch)
+
+    cls = validators.extend(Draft202012Validator, {"properties": set_defaults})
+    return cls(schema())
+
+
+def _where(err) -> str:
+    return ".".join(str(p) for p in err.absolute_path) or "<top level>"
+
+
+def validate(cfg: dict, source: str = "config") -> dict:
+    """Validate in place (defaults filled twice so nested defaults appear); returns cfg."""
+    v = _validator()
+    for _ in range(2):
+        errors = sorted(v.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+        if errors:
+            e = errors[0]
+            if e.validator == "additionalProperties":
+                raise ConfigError(f"{source}: {_where(e)}: {e.message} (check the key's spelling; see docs/config.md)")
+            raise ConfigError(f"{source}: key '{_where(e)}': {e.message}")
+    return cfg
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load(path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file does not exist")
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return validate(cfg, str(path))
+
+
+def resolve_run(cfg: dict, run: str, source: str = "config") -> dict:
+    """The configuration one run sees: shared keys deep-merged with ``runs[run]``, validated."""
+    runs = cfg.get("runs") or {}
+    if run not in runs:
+        raise ConfigError(f"{source}: run {run!r} is not defined under 'runs' (defined: {sorted(runs)})")
+    shared = {k: v for k, v in cfg.items() if k not in ("runs", "experiments")}
+    over = runs[run] or {}
+    bad = sorted(set(over) & {"runs", "experiments"})
+    if bad:
+        raise ConfigError(f"{source}: runs.{run}: cannot override {bad}")
+    resolved = deep_merge(shared, over)
+    resolved["runs"] = {run: {}}
+    validate(resolved, f"{source} (runs.{run})")
+    check_semantics(resolved, f"{source} (runs.{run})")
+    resolved["run"] = run
+    del resolved["runs"]
+    return resolved
+
+
+def check_semantics(cfg: dict, source: str) -> None:
+    """Cross-key rules the schema cannot express."""
+    s = cfg["sampling"]["num_steps"]
+    t_off = cfg["replay"]["truncation"]
+    if t_off is not None and t_off > s:
+        raise ConfigError(
+            f"{source}: key 'replay.truncation' = {t_off} exceeds sampling.num_steps = {s} (expected 1..{s} or null)"
+        )
+    if cfg["replay"]["fraction"] > 0 and cfg["replay"]["fraction"] * cfg["train"]["prompts_per_iteration"] < 1:
+        pass  # allowed: replayed prompts are drawn stochastically per iteration (at least one when possible)
+    if cfg["train"]["microbatch"] > cfg["train"]["prompts_per_iteration"] * cfg["train"]["group_size"]:
+        cfg["train"]["microbatch"] = cfg["train"]["prompts_per_iteration"] * cfg["train"]["group_size"]
+    if cfg["model"]["backbone"] == "tiny_unet":
+        from .world import WorldSpec
+
+        try:
+            WorldSpec.from_dict(cfg["world"])
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{source}: key 'world': {exc}") from None
+
+
+def run_names(cfg: dict) -> list[str]:
+    return list(cfg["runs"])

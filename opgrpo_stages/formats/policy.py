@@ -1,0 +1,80 @@
+"""Policy and optimizer state files (safetensors): owner of both formats.
+
+``policy.safetensors``: exactly the trainable tensors of the backbone (all weights for full
+fine-tuning, only the adapter for LoRA), keyed by parameter name.
+``optimizer.safetensors``: AdamW moments ``exp_avg/<name>``, ``exp_avg_sq/<name>``, the step
+count in the header, and ``ema/<name>`` when an EMA of the policy is kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ArtifactError
+
+POLICY_KIND = "opgrpo.policy/1"
+OPTIMIZER_KIND = "opgrpo.optimizer/1"
+
+
+def _write(path, kind, tensors, meta):
+    from .tensorfile import write
+
+    write(path, kind, {}, tensors, meta)
+
+
+def _read(path, kind):
+    from .tensorfile import read
+
+    tensors, meta, _ = read(path, kind, {})
+    return tensors, meta
+
+
+def write_policy(path, state: dict, meta: dict) -> None:
+    import torch
+
+    for k, v in state.items():
+        if not torch.isfinite(v).all():
+            raise ArtifactError(path, f"refusing to write a policy with non-finite values in '{k}'")
+    _write(path, POLICY_KIND, state, meta)
+
+
+def read_policy(path):
+    return _read(path, POLICY_KIND)
+
+
+def write_optimizer(path, optimizer, names: list[str], ema: dict | None = None, meta: dict | None = None) -> None:
+    """Save AdamW state keyed by parameter names (stable across processes), not indices."""
+    sd = optimizer.state_dict()
+    tensors, step = {}, 0
+    for idx, name in enumerate(names):
+        st = sd["state"].get(idx)
+        if not st:
+            continue
+        tensors[f"exp_avg/{name}"] = st["exp_avg"]
+        tensors[f"exp_avg_sq/{name}"] = st["exp_avg_sq"]
+        step = int(st["step"])
+    for name, t in (ema or {}).items():
+        tensors[f"ema/{name}"] = t
+    _write(path, OPTIMIZER_KIND, tensors, {"step": step, **(meta or {})})
+
+
+def read_optimizer_into(path, optimizer, names: list[str]):
+    """Restore AdamW moments; returns the EMA tensors (possibly empty)."""
+    import torch
+
+    if not Path(path).exists():
+        raise ArtifactError(path, "missing optimizer state file")
+    tensors, meta = _read(path, OPTIMIZER_KIND)
+    step = int(meta.get("step", 0))
+    sd = optimizer.state_dict()
+    if step > 0:
+        for idx, name in enumerate(names):
+            if f"exp_avg/{name}" not in tensors:
+                raise ArtifactError(path, f"missing tensor 'exp_avg/{name}'")
+            sd["state"][idx] = {
+                "step": torch.tensor(float(step)),
+                "exp_avg": tensors[f"exp_avg/{name}"],
+                "exp_avg_sq": tensors[f"exp_avg_sq/{name}"],
+            }
+        optimizer.load_state_dict(sd)
+    return {k.removeprefix("ema/"): v for k, v in tensors.items() if k.startswith("ema/")}

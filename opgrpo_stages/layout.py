@@ -1,0 +1,112 @@
+"""Where every artifact lives, relative to the working directory. Used by the Snakefile and by
+the stage CLIs, so ``opgrpo rollout --run R --iteration K`` touches exactly the files the
+pipeline's rule would.
+
+    runs/prompts/{train,heldout}.jsonl
+    runs/<run>/init/{policy,optimizer,buffer}.safetensors, buffer.parquet
+    runs/<run>/iter_<k>/trajectories.safetensors, samples.parquet, images.safetensors   (rollout)
+    runs/<run>/iter_<k>/rewards.parquet                                                 (score)
+    runs/<run>/iter_<k>/buffer.safetensors, buffer.parquet                              (buffer_update)
+    runs/<run>/iter_<k>/policy.safetensors, optimizer.safetensors, update_metrics.parquet (policy_update)
+    runs/<run>/eval/iter_<k>.parquet, iter_<k>.png     (held-out evaluation of the policy after k)
+    runs/base/eval.parquet, eval.png                   (the base model, shared by all runs)
+The policy *after* iteration k lives in iter_<k>; iteration k samples with the policy of k-1
+(or ``init`` for k = 0).
+"""
+
+from __future__ import annotations
+
+RUNS = "runs"
+
+
+def fmt(k) -> str:
+    """Iteration number as 5 digits; a string (a Snakemake wildcard such as "{iter}") passes through."""
+    return k if isinstance(k, str) else f"{int(k):05d}"
+
+
+def prompts(split: str) -> str:
+    return f"{RUNS}/prompts/{split}.jsonl"
+
+
+def iter_dir(run: str, k: int) -> str:
+    return f"{RUNS}/{run}/iter_{fmt(k)}"
+
+
+def state_dir(run: str, k: int) -> str:
+    """Directory holding the policy/optimizer/buffer state after iteration k (k = -1: init)."""
+    return f"{RUNS}/{run}/init" if not isinstance(k, str) and k < 0 else iter_dir(run, k)
+
+
+def policy(run, k):
+    return f"{state_dir(run, k)}/policy.safetensors"
+
+
+def optimizer(run, k):
+    return f"{state_dir(run, k)}/optimizer.safetensors"
+
+
+def buffer(run, k):
+    return (f"{state_dir(run, k)}/buffer.safetensors", f"{state_dir(run, k)}/buffer.parquet")
+
+
+def trajectories(run, k):
+    return f"{iter_dir(run, k)}/trajectories.safetensors"
+
+
+def samples(run, k):
+    return f"{iter_dir(run, k)}/samples.parquet"
+
+
+def images(run, k):
+    return f"{iter_dir(run, k)}/images.safetensors"
+
+
+def rewards(run, k):
+    return f"{iter_dir(run, k)}/rewards.parquet"
+
+
+def metrics(run, k):
+    return f"{iter_dir(run, k)}/update_metrics.parquet"
+
+
+def eval_table(run, k):
+    return f"{RUNS}/base/eval.parquet" if run == "base" else f"{RUNS}/{run}/eval/iter_{fmt(k)}.parquet"
+
+
+def eval_grid(run, k):
+    return eval_table(run, k).replace(".parquet", ".png")
+
+
+def eval_iterations(cfg: dict) -> list[int]:
+    """Iterations whose policy is evaluated on the held-out set: every ``eval.every`` and the last."""
+    n, every = cfg["train"]["iterations"], cfg["eval"]["every"]
+    its = list(range(every - 1, n, every))
+    if n - 1 not in its:
+        its.append(n - 1)
+    return its
+
+
+def stage_paths(stage: str, run: str, k: int) -> dict:
+    """Keyword arguments (paths) of a stage function for run ``run``, iteration ``k``."""
+    if stage == "rollout":
+        return dict(prompts_path=prompts("train"), policy_path=policy(run, k - 1), buffer_paths=buffer(run, k - 1),
+                    out_trajectories=trajectories(run, k), out_samples=samples(run, k), out_images=images(run, k))
+    if stage == "score":
+        return dict(images_path=images(run, k), samples_path=samples(run, k), out_rewards=rewards(run, k))
+    if stage == "buffer_update":
+        return dict(buffer_paths=buffer(run, k - 1), trajectories_path=trajectories(run, k),
+                    samples_path=samples(run, k), rewards_path=rewards(run, k),
+                    out_buffer=buffer(run, k)[0], out_buffer_table=buffer(run, k)[1])
+    if stage == "policy_update":
+        return dict(policy_path=policy(run, k - 1), optimizer_path=optimizer(run, k - 1),
+                    trajectories_path=trajectories(run, k), samples_path=samples(run, k),
+                    rewards_path=rewards(run, k), out_policy=policy(run, k), out_optimizer=optimizer(run, k),
+                    out_metrics=metrics(run, k))
+    if stage == "init_policy":
+        return dict(out_policy=policy(run, -1), out_optimizer=optimizer(run, -1), out_buffer=buffer(run, -1)[0],
+                    out_buffer_table=buffer(run, -1)[1])
+    if stage == "evaluate":
+        return dict(prompts_path=prompts("heldout"), policy_path=None if run == "base" else policy(run, k),
+                    optimizer_path=None if run == "base" else optimizer(run, k),
+                    out_table=eval_table(run, k), out_grid=eval_grid(run, k))
+    raise ValueError(f"unknown stage {stage!r}")

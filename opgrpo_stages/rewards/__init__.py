@@ -1,0 +1,52 @@
+"""Reward registry: every reward maps a batch to named float64 columns.
+
+A uniform ``score(images, prompts, metadata) -> {name: (N,) float64}`` lets the
+trainer log every column and optimise the first, whatever the backend; ``needs``
+tells callers which inputs a reward reads so they can skip building the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import numpy as np
+
+
+class Reward:
+    """Base class. Subclasses set ``name``/``needs`` and implement ``score``;
+    the first column returned is the reward itself, the others diagnostics."""
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[tuple[str, ...]] = ("images", "prompts", "metadata")
+
+    def score(self, images: np.ndarray, prompts: list[str], metadata: list[dict]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def __call__(self, images, prompts, metadata) -> dict[str, np.ndarray]:
+        return self.score(images, prompts, metadata)
+
+
+REWARDS: dict[str, Callable[..., Reward]] = {}
+
+
+def register_reward(name: str):
+    """Class decorator: ``@register_reward("x")`` makes ``build_reward("x", ...)`` work."""
+    def deco(cls):
+        if name in REWARDS:
+            raise ValueError(f"reward {name!r} already registered")
+        cls.name = name
+        REWARDS[name] = cls
+        return cls
+    return deco
+
+
+def build_reward(name: str, **kwargs) -> Reward:
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; known rewards: {sorted(REWARDS)}")
+    return REWARDS[name](**kwargs)
+
+
+from . import geneval as _geneval  # noqa: E402,F401  (registers "geneval")
+from . import simple as _simple  # noqa: E402,F401  (registers "brightness")
+
+__all__ = ["Reward", "REWARDS", "register_reward", "build_reward"]

@@ -1,0 +1,37 @@
+"""Glue for the Snakefile: per-rule log files for stages that run inside the Snakemake process."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from pathlib import Path
+
+
+class _ThisThread(logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.ident = threading.get_ident()
+
+    def filter(self, record):
+        return record.thread == self.ident
+
+
+@contextlib.contextmanager
+def rule_log(path):
+    """Send this thread's ``opgrpo`` log records (and any traceback) to the rule's log file."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(_ThisThread())
+    logger = logging.getLogger("opgrpo")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield logger
+    except BaseException:
+        logger.exception("stage failed")
+        raise
+    finally:
+        logger.removeHandler(handler)
+        handler.close()

@@ -1,0 +1,130 @@
+"""Stage ``rollout``: the iteration's policy samples G trajectories for each chosen prompt.
+
+Inputs: the train prompt set, the policy of the previous iteration, the previous replay buffer.
+Outputs: ``trajectories.safetensors``, ``samples.parquet``, ``images.safetensors``.
+
+With ``replay.fraction > 0`` (OP-GRPO) a share of the groups comes from the buffer: G-1 fresh
+trajectories plus the stored one, kept for its first ``replay.truncation`` steps and regenerated
+by the current policy after that (``logp_old`` of the kept steps is recomputed under the current
+policy, ``logp_behavior`` keeps the stored values). Group order and in-group order are shuffled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from ..formats import buffer as buffer_fmt
+from ..formats import images as images_fmt
+from ..formats import prompts as prompts_fmt
+from ..formats import tables, trajectories
+from ..sampling import per_sample_noise, sample_sde
+from ..sde import num_train_steps
+from ..seeding import derive_seed, numpy_rng
+from .common import load_backbone, log, progress, setup_torch
+
+
+def plan_groups(cfg: dict, iteration: int, prompts: list[dict], buf) -> list[dict]:
+    """Which prompts this iteration samples, and which groups replay a buffer entry."""
+    run, seed = cfg["run"], cfg["seed"]
+    rng = numpy_rng(seed, run, iteration, "rollout-plan")
+    p = cfg["train"]["prompts_per_iteration"]
+    frac = cfg["replay"]["fraction"]
+    n_replay = 0
+    if frac > 0 and buf is not None and len(buf) > 0:
+        want = frac * p  # stochastic rounding keeps the expected share exact
+        n_replay = int(math.floor(want)) + int(rng.random() < want - math.floor(want))
+        n_replay = min(n_replay, len(buf), p)
+    groups = []
+    replay_prompt_ids = set()
+    if n_replay:
+        rows = rng.choice(len(buf), size=n_replay, replace=False)
+        for r in sorted(int(r) for r in rows):
+            entry = buf.table.iloc[r]
+            replay_prompt_ids.add(entry["prompt_id"])
+            meta = json.loads(entry["metadata"])
+            groups.append({"prompt": {**meta, "id": entry["prompt_id"]}, "replay_row": r})
+    pool = [i for i, q in enumerate(prompts) if q["id"] not in replay_prompt_ids]
+    if len(pool) < p - n_replay:
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            f"train.prompts_per_iteration = {p} exceeds the {len(pool)} available train prompts"
+        )
+    for i in rng.choice(len(pool), size=p - n_replay, replace=False):
+        groups.append({"prompt": prompts[pool[int(i)]], "replay_row": None})
+    order = rng.permutation(len(groups))
+    return [groups[int(i)] for i in order]
+
+
+def rollout(cfg: dict, iteration: int, *, prompts_path, policy_path, buffer_paths, out_trajectories,
+            out_samples, out_images) -> None:
+    import pandas as pd
+    import torch
+
+    setup_torch(cfg)
+    run, seed = cfg["run"], cfg["seed"]
+    g_size = cfg["train"]["group_size"]
+    sc = cfg["sampling"]
+    prompts = prompts_fmt.read(prompts_path)
+    buf = buffer_fmt.read(*buffer_paths) if buffer_paths else None
+    backbone = load_backbone(cfg, policy_path)
+    sigmas = backbone.sigmas(sc["num_steps"])
+    n_steps = sc["num_steps"]
+    t_off = cfg["replay"]["truncation"] or n_steps
+
+    groups = plan_groups(cfg, iteration, prompts, buf)
+    rng = numpy_rng(seed, run, iteration, "rollout-order")
+    rows, seeds, kept_rows = [], [], []
+    for g, grp in enumerate(groups):
+        q = grp["prompt"]
+        slots = ["fresh"] * g_size
+        if grp["replay_row"] is not None:
+            slots[-1] = "replay"
+            slots = [slots[int(i)] for i in rng.permutation(g_size)]
+        for j, src in enumerate(slots):
+            rows.append({
+                "sample_id": f"{iteration:05d}-{g:03d}-{j:02d}",
+                "prompt_id": q["id"],
+                "prompt": q["prompt"],
+                "metadata": prompts_fmt.metadata_json(q),
+                "tag": q.get("tag", "none"),
+                "group": g,
+                "source": src,
+                "birth_iteration": int(buf.table.iloc[grp["replay_row"]]["birth_iteration"]) if src == "replay" else iteration,
+                "kept_steps": t_off if src == "replay" else 0,
+            })
+            seeds.append(derive_seed(seed, run, iteration, "rollout", g, j))
+            kept_rows.append(grp["replay_row"] if src == "replay" else -1)
+    samples = pd.DataFrame(rows).astype({"group": "int64", "birth_iteration": "int64", "kept_steps": "int64"})
+
+    init, step_noise = per_sample_noise(backbone, seeds, n_steps)
+    kept_steps = torch.tensor(samples["kept_steps"].to_numpy(), dtype=torch.long)
+    kept_latents = None
+    if (kept_steps > 0).any():
+        kept_latents = torch.zeros((len(rows), n_steps + 1, *backbone.latent_shape))
+        for n, r in enumerate(kept_rows):
+            if r >= 0:
+                kept_latents[n] = buf.latents[r]
+    cond = backbone.encode_prompts([{"prompt": r["prompt"]} for r in rows])
+    latents, logp_old = sample_sde(
+        backbone, cond, init, step_noise, sigmas, noise_level=sc["noise_level"], kind=sc["sde"],
+        reduction=sc["logp_reduction"], batch_size=sc["batch_size"], kept_latents=kept_latents,
+        kept_steps=kept_steps, progress=progress,
+    )
+    logp_behavior = logp_old.clone()
+    for n, r in enumerate(kept_rows):
+        if r >= 0:
+            logp_behavior[n, :t_off] = buf.logp_behavior[r, :t_off]
+    train_steps = torch.zeros((len(rows), n_steps), dtype=torch.bool)
+    train_steps[:, : num_train_steps(n_steps, cfg["train"]["timestep_fraction"])] = True
+    images = backbone.decode(latents[:, -1])
+
+    meta = {"run": run, "iteration": iteration, "noise_level": sc["noise_level"], "sde": sc["sde"],
+            "logp_reduction": sc["logp_reduction"], "backbone": backbone.name}
+    traj = trajectories.Trajectories(latents, sigmas, logp_old, logp_behavior, train_steps, meta)
+    trajectories.write(out_trajectories, traj)
+    images_fmt.write(out_images, images, {"run": run, "iteration": iteration})
+    tables.write(out_samples, samples, "samples")
+    log.info("rollout %s iter %d: %d groups x %d (%d replayed)", run, iteration, len(groups), g_size,
+             int((samples["source"] == "replay").sum()))
