@@ -1,7 +1,10 @@
 """Stage ``prompts``: the train and held-out prompt sets (JSON Lines, GenEval metadata + id).
 
-``source: embedded`` draws them from the embedded world with a seed; the held-out set is drawn
-first and excluded from the train set, so the two never share a prompt. ``source: file`` copies
+``source: embedded`` draws them from the embedded world with a seed. The held-out prompts of a
+tag are excluded from the train set whenever at least half of that tag's prompt space remains
+for training (two_object, position, color_attr, ... in the default world); tags with only a
+handful of distinct prompts (single_object has one per shape) are shared, and held-out images
+differ from training ones by their fixed evaluation noise. ``source: file`` copies
 and validates a user's JSON Lines file (e.g. GenEval's ``evaluation_metadata.jsonl``)."""
 
 from __future__ import annotations
@@ -29,7 +32,25 @@ def make_prompts(cfg: dict, which: str, out_path) -> None:
         items = prompts_fmt.read(pc["path"])
     else:
         exclude = frozenset()
-        if which == "train":
-            exclude = frozenset(p["prompt"] for p in _embedded(cfg, "heldout")) if cfg["prompts"].get("heldout", {}).get("source", "embedded") == "embedded" else frozenset()
+        if which == "train" and (cfg["prompts"].get("heldout") or {}).get("source", "embedded") == "embedded":
+            exclude = held_out_exclusions(cfg)
         items = _embedded(cfg, which, exclude)
     prompts_fmt.write(out_path, items)
+
+
+def held_out_exclusions(cfg: dict) -> frozenset:
+    """Held-out prompts to keep out of training: those of every tag that can spare them."""
+    from ..world import WorldSpec, enumerate_prompt_space
+
+    spec = WorldSpec.from_dict(cfg["world"])
+    space: dict[str, set] = {}
+    for m in enumerate_prompt_space(spec):
+        space.setdefault(m["tag"], set()).add(m["prompt"])
+    held: dict[str, set] = {}
+    for m in _embedded(cfg, "heldout"):
+        held.setdefault(m["tag"], set()).add(m["prompt"])
+    out = set()
+    for tag, prompts in held.items():
+        if len(space.get(tag, ())) - len(prompts) >= len(space.get(tag, ())) / 2:
+            out |= prompts
+    return frozenset(out)

@@ -1,0 +1,54 @@
+"""Configuration: the shipped config is valid, bad keys and values are named."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from opgrpo_stages import config as C
+from opgrpo_stages.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_config_is_valid_and_resolves():
+    cfg = C.load(REPO / "config.yaml")
+    for run in cfg["runs"]:
+        rc = C.resolve_run(cfg, run)
+        assert rc["run"] == run and rc["train"]["group_size"] >= 2
+
+
+@pytest.mark.parametrize("over,msg", [
+    ({"train": {"lerning_rate": 1e-3}}, r"train.*lerning_rate"),
+    ({"train": {"lr": "fast"}}, r"key 'train.lr'"),
+    ({"replay": {"fraction": 1.5}}, r"key 'replay.fraction'.*1.5"),
+    ({"train": {"group_size": 1}}, r"key 'train.group_size'"),
+    ({"sampling": {"sde": "ddim"}}, r"key 'sampling.sde'"),
+])
+def test_bad_values_name_the_key(over, msg):
+    with pytest.raises(ConfigError, match=msg):
+        C.validate(C.deep_merge({"runs": {"a": {}}}, over))
+
+
+def test_truncation_beyond_steps_is_refused():
+    cfg = C.validate({"sampling": {"num_steps": 4}, "replay": {"truncation": 6}, "runs": {"a": {}}})
+    with pytest.raises(ConfigError, match=r"replay.truncation' = 6 exceeds sampling.num_steps = 4"):
+        C.resolve_run(cfg, "a")
+
+
+def test_run_overrides_are_deep_merged_and_validated():
+    cfg = C.validate({"train": {"lr": 1e-4, "group_size": 8}, "runs": {"a": {"train": {"lr": 2e-4}},
+                                                                       "b": {"replay": {"fraction": 2}}}})
+    assert C.resolve_run(cfg, "a")["train"] == {**C.resolve_run(cfg, "a")["train"], "lr": 2e-4, "group_size": 8}
+    with pytest.raises(ConfigError, match=r"runs.b.*replay.fraction"):
+        C.resolve_run(cfg, "b")
+    with pytest.raises(ConfigError, match="run 'c' is not defined"):
+        C.resolve_run(cfg, "c")
+
+
+def test_unknown_world_key(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"world": {"shapez": ["square"]}, "runs": {"a": {}}}))
+    cfg = C.load(p)
+    with pytest.raises(ConfigError, match="world.*shapez"):
+        C.resolve_run(cfg, "a")
