@@ -79,7 +79,7 @@ def policy_update(cfg: dict, iteration: int, *, policy_path, optimizer_path, tra
     adv = torch.as_tensor(group_advantages(rewards["reward"].to_numpy(), samples["group"].to_numpy(),
                                            std_mode=tc["std_mode"], clip=tc["adv_clip_max"]), dtype=torch.float32)
     w, ref_logp, kept, n_capped = _weights_and_refs(cfg, traj, samples)
-    replay = torch.as_tensor((samples["source"] == "replay").to_numpy())
+    replay = torch.tensor((samples["source"] == "replay").to_numpy())
     cond = backbone.encode_prompts([{"prompt": p} for p in samples["prompt"]])
     sig = [float(v) for v in traj.sigmas]
     steps = [j for j in range(traj.num_steps) if bool(traj.train_steps[:, j].all())]
