@@ -18,7 +18,9 @@ configfile: "config.yaml"
 
 validate(config, str(C.SCHEMA_PATH))
 C.validate(config, "config.yaml")
+C.expand_seed_runs(config)  # `seeds:` adds <run>-seed<k> runs and the `seeds` experiment
 RUNS = list(config["runs"])
+EXPERIMENTS = config["experiments"]
 RUN_CFG = {r: C.resolve_run(config, r, "config.yaml") for r in RUNS}
 FIRST = RUNS[0]
 
@@ -44,18 +46,24 @@ wildcard_constraints:
 localrules: all, prompts, report
 
 
-REPORT = {
-    "curves": "results/figures/training_curves.png",
-    "heldout": "results/figures/heldout_geneval.png",
-    "grid": "results/figures/samples_base_vs_trained.png",
-    "csv": "results/tables/results.csv",
-    "md": "results/tables/results.md",
-}
+def report_files(exp):
+    from opgrpo_stages.stages.report import outputs_for
+
+    return list(outputs_for(exp).values())
 
 
 rule all:
     input:
-        list(REPORT.values()),
+        report_files("main"),
+
+
+for _exp in EXPERIMENTS:  # one target per experiment: `snakemake ablations`, `snakemake seeds`
+
+    rule:
+        name:
+            _exp
+        input:
+            report_files(_exp),
 
 
 rule prompts:
@@ -241,9 +249,9 @@ rule evaluate_base:
                      out_grid=output.grid)
 
 
-def report_inputs(_w):
+def report_inputs(w):
     out = {"base": L.eval_table("base", 0)}
-    for r in RUNS:
+    for r in EXPERIMENTS[w.exp]:
         n = RUN_CFG[r]["train"]["iterations"]
         out[f"{r}_metrics"] = [L.metrics(r, k) for k in range(n)]
         out[f"{r}_eval"] = [L.eval_table(r, k) for k in L.eval_iterations(RUN_CFG[r])]
@@ -254,16 +262,26 @@ rule report:
     input:
         unpack(report_inputs),
     output:
-        curves=report(REPORT["curves"], category="Training", caption="report/curves.rst"),
-        heldout=report(REPORT["heldout"], category="Held-out GenEval", caption="report/heldout.rst"),
-        grid=report(REPORT["grid"], category="Samples", caption="report/grid.rst"),
-        csv=report(REPORT["csv"], category="Tables", caption="report/table.rst"),
-        md=REPORT["md"],
+        curves=report("results/{exp}/figures/training_curves.png", category="{exp}", subcategory="Training",
+                      caption="report/curves.rst"),
+        heldout=report("results/{exp}/figures/heldout_geneval.png", category="{exp}", subcategory="Held-out",
+                       caption="report/heldout.rst"),
+        grid=report("results/{exp}/figures/samples_base_vs_trained.png", category="{exp}", subcategory="Samples",
+                    caption="report/grid.rst"),
+        logp=report("results/{exp}/figures/logp_per_step.png", category="{exp}", subcategory="Off-policy",
+                    caption="report/logp.rst"),
+        clip=report("results/{exp}/figures/clipped_fraction.png", category="{exp}", subcategory="Off-policy",
+                    caption="report/clip.rst"),
+        csv=report("results/{exp}/tables/results.csv", category="{exp}", subcategory="Tables",
+                   caption="report/table.rst"),
+        md="results/{exp}/tables/results.md",
+        speed=report("results/{exp}/tables/steps_to_target.csv", category="{exp}", subcategory="Tables",
+                     caption="report/speed.rst"),
     log:
-        "logs/report.log",
+        "logs/report_{exp}.log",
     run:
         from opgrpo_stages.smk import rule_log
         from opgrpo_stages.stages.report import report as make_report
 
         with rule_log(log[0]):
-            make_report(config, outputs=dict(output))
+            make_report(config, EXPERIMENTS[wildcards.exp], outputs=dict(output))

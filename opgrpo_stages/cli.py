@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--iteration", type=int, default=None)
     parser.add_argument("--split", default="train", help="prompts: train or heldout")
     parser.add_argument("--out", default=None, help="pretrain/prompts: output path")
+    parser.add_argument("--experiment", default="main", help="report: which experiment (results/<experiment>/)")
     parser.add_argument("-v", "--verbose", action="store_true")
     known, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if known.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -72,9 +73,13 @@ def main(argv=None) -> int:
             make_prompts(cfg, known.split, known.out or layout.prompts(known.split))
             return 0
         if known.stage == "report":
-            from .stages.report import report
+            from .stages.report import outputs_for, report
 
-            report(cfg_all)
+            config_mod.expand_seed_runs(cfg_all)
+            if known.experiment not in cfg_all["experiments"]:
+                raise config_mod.ConfigError(f"{known.config}: no experiment {known.experiment!r} "
+                                             f"(defined: {sorted(cfg_all['experiments'])})")
+            report(cfg_all, cfg_all["experiments"][known.experiment], outputs_for(known.experiment))
             return 0
         fn = _func(STAGES[known.stage])
         run = known.run or next(iter(cfg_all["runs"]))

@@ -78,9 +78,9 @@ def resolve_run(cfg: dict, run: str, source: str = "config") -> dict:
     runs = cfg.get("runs") or {}
     if run not in runs:
         raise ConfigError(f"{source}: run {run!r} is not defined under 'runs' (defined: {sorted(runs)})")
-    shared = {k: v for k, v in cfg.items() if k not in ("runs", "experiments")}
+    shared = {k: v for k, v in cfg.items() if k not in ("runs", "experiments", "seeds")}
     over = runs[run] or {}
-    bad = sorted(set(over) & {"runs", "experiments"})
+    bad = sorted(set(over) & {"runs", "experiments", "seeds"})
     if bad:
         raise ConfigError(f"{source}: runs.{run}: cannot override {bad}")
     resolved = deep_merge(shared, over)
@@ -115,3 +115,24 @@ def check_semantics(cfg: dict, source: str) -> None:
 
 def run_names(cfg: dict) -> list[str]:
     return list(cfg["runs"])
+
+
+def expand_seed_runs(cfg: dict) -> dict:
+    """Add ``<run>-seed<k>`` for every run of the ``main`` experiment and every ``seeds`` entry,
+    and the ``seeds`` experiment listing the main runs with all seeds. Returns cfg (in place)."""
+    exps = cfg.setdefault("experiments", {})
+    exps.setdefault("main", list(cfg["runs"]))
+    for name, runs in exps.items():
+        unknown = [r for r in runs if r not in cfg["runs"]]
+        if unknown:
+            raise ConfigError(f"config: experiments.{name} names unknown runs {unknown} (defined: {sorted(cfg['runs'])})")
+    if cfg.get("seeds"):
+        seeded = []
+        for run in exps["main"]:
+            seeded.append(run)
+            for k in cfg["seeds"]:
+                name = f"{run}-seed{k}"
+                cfg["runs"][name] = deep_merge(cfg["runs"][run] or {}, {"seed": int(k)})
+                seeded.append(name)
+        exps["seeds"] = seeded
+    return cfg

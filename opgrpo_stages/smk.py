@@ -8,6 +8,18 @@ import threading
 from pathlib import Path
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
+def warm_imports() -> None:
+    """Import the heavy libraries once, under a lock: diffusers' lazy module loader is not
+    thread-safe, and stages run as concurrent threads under the local profile."""
+    with _IMPORT_LOCK:
+        import diffusers  # noqa: F401
+        import torch  # noqa: F401
+        from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DModel  # noqa: F401
+
+
 class _ThisThread(logging.Filter):
     def __init__(self):
         super().__init__()
@@ -20,6 +32,7 @@ class _ThisThread(logging.Filter):
 @contextlib.contextmanager
 def rule_log(path):
     """Send this thread's ``opgrpo`` log records (and any traceback) to the rule's log file."""
+    warm_imports()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, mode="w")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

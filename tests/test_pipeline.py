@@ -35,7 +35,7 @@ def _smk(workdir, *args, check=True):
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     wd = tmp_path_factory.mktemp("pipe")
-    cfg = tiny_config()
+    cfg = tiny_config(runs={"flowgrpo": {}, "opgrpo": {"replay": {"fraction": 0.5, "truncation": 2}}})
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
     _smk(wd)
     return wd
@@ -44,11 +44,13 @@ def pipeline(tmp_path_factory):
 def test_main_target_writes_report_and_table(pipeline):
     import pandas as pd
 
-    for f in ["results/figures/training_curves.png", "results/figures/heldout_geneval.png",
-              "results/figures/samples_base_vs_trained.png", "results/tables/results.md"]:
-        assert (pipeline / f).stat().st_size > 0, f
-    table = pd.read_csv(pipeline / "results/tables/results.csv")
-    assert list(table["model"]) == ["base", "flowgrpo"]
+    for f in ["training_curves.png", "heldout_geneval.png", "samples_base_vs_trained.png", "logp_per_step.png",
+              "clipped_fraction.png"]:
+        assert (pipeline / "results/main/figures" / f).stat().st_size > 0, f
+    table = pd.read_csv(pipeline / "results/main/tables/results.csv")
+    assert list(table["model"]) == ["base", "flowgrpo", "opgrpo"]
+    speed = pd.read_csv(pipeline / "results/main/tables/steps_to_target.csv")
+    assert list(speed["run"]) == ["opgrpo"] and list(speed["reference"]) == ["flowgrpo"]
     assert table["geneval_overall"].between(0, 1).all()
     assert (pipeline / "logs/flowgrpo/iter_00001/policy_update.log").read_text().strip()
 

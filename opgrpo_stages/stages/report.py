@@ -1,50 +1,45 @@
-"""Rule ``report``: figures and the results table from every run's metrics and evaluations.
+"""Rule ``report``: figures and tables of one experiment (a named group of runs).
 
-- ``training_curves.png``: per-iteration training reward (and strict accuracy) of each run.
-- ``heldout_geneval.png``: held-out GenEval overall score (fixed noise, ODE) vs iteration,
-  the base model as iteration 0.
-- ``samples_base_vs_trained.png``: the same held-out prompts and noise, base vs final policies.
-- ``results.csv`` / ``results.md``: GenEval overall and per tag for the base and each run's
-  last checkpoint, with the gain over the base.
+Under ``results/<experiment>/``:
+- ``figures/training_curves.png``: training reward and strict accuracy per iteration (paper Fig. 3).
+- ``figures/heldout_geneval.png``: held-out GenEval overall and reward vs iteration (base = 0).
+- ``figures/samples_base_vs_trained.png``: the same held-out prompts and noise, base vs last checkpoints.
+- ``figures/logp_per_step.png``: per-step log-prob of fresh vs replayed samples, truncation marked (Fig. 2).
+- ``figures/clipped_fraction.png``: clipped fraction of fresh and replayed samples per run.
+- ``tables/results.csv|md``: GenEval per tag and overall, base vs each run's last checkpoint.
+- ``tables/steps_to_target.csv``: for every run with replay, the fraction of its Flow-GRPO
+  partner's iterations (same seed, replay fraction 0) it needs to reach that partner's final
+  smoothed held-out reward, and the same on the training reward; the mean and spread over
+  seeds are printed to the log and written under the table.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from .. import layout as L
+from .common import log
 
-DEFAULT_OUTPUTS = {
-    "curves": "results/figures/training_curves.png",
-    "heldout": "results/figures/heldout_geneval.png",
-    "grid": "results/figures/samples_base_vs_trained.png",
-    "csv": "results/tables/results.csv",
-    "md": "results/tables/results.md",
-}
+TAGS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
 
 
-def _metrics(cfg_run) -> "object":
-    import pandas as pd
-
-    from ..formats import tables
-
-    run = cfg_run["run"]
-    frames = [tables.read(L.metrics(run, k), "update_metrics") for k in range(cfg_run["train"]["iterations"])]
-    return pd.concat(frames, ignore_index=True)
-
-
-def _eval_summary(path) -> dict:
-    from ..formats import tables
-    from ..geneval import summarize
-
-    df = tables.read(path, "eval")
-    out = summarize(list(df["tag"]), list(df["correct"]))
-    out["heldout_reward"] = float(df["reward"].mean())
-    out["n_images"] = len(df)
-    return out
+def outputs_for(exp: str) -> dict:
+    r = f"results/{exp}"
+    return {
+        "curves": f"{r}/figures/training_curves.png",
+        "heldout": f"{r}/figures/heldout_geneval.png",
+        "grid": f"{r}/figures/samples_base_vs_trained.png",
+        "logp": f"{r}/figures/logp_per_step.png",
+        "clip": f"{r}/figures/clipped_fraction.png",
+        "csv": f"{r}/tables/results.csv",
+        "md": f"{r}/tables/results.md",
+        "speed": f"{r}/tables/steps_to_target.csv",
+    }
 
 
 def smooth(values, window: int = 5):
+    """Trailing moving average (shorter windows at the start)."""
     import numpy as np
 
     v = np.asarray(values, dtype=float)
@@ -55,31 +50,109 @@ def smooth(values, window: int = 5):
     return np.concatenate([np.cumsum(v[: w - 1]) / np.arange(1, w), c])
 
 
-def collect(cfg: dict) -> dict:
+def _eval_summary(path) -> dict:
+    from ..formats import tables
+    from ..geneval import summarize
+
+    df = tables.read(path, "eval")
+    out = summarize(list(df["tag"]), list(df["correct"]))
+    out["heldout_reward"] = float(df["reward"].mean())
+    return out
+
+
+def collect(cfg: dict, runs: list[str]) -> dict:
+    import pandas as pd
+
     from .. import config as C
+    from ..formats import tables
 
     data = {"base": _eval_summary(L.eval_table("base", 0)), "runs": {}}
-    for run in cfg["runs"]:
+    for run in runs:
         rc = C.resolve_run(cfg, run)
+        n = rc["train"]["iterations"]
+        metrics = pd.concat([tables.read(L.metrics(run, k), "update_metrics") for k in range(n)], ignore_index=True)
         evals = {k: _eval_summary(L.eval_table(run, k)) for k in L.eval_iterations(rc)}
-        data["runs"][run] = {"cfg": rc, "metrics": _metrics(rc), "evals": evals}
+        data["runs"][run] = {"cfg": rc, "metrics": metrics, "evals": evals}
     return data
 
 
-def results_table(data) -> "object":
+def results_table(data):
     import pandas as pd
 
-    tags = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
     base = data["base"]
     rows = [{"model": "base", "iteration": 0, "geneval_overall": base["overall"], "gain_vs_base": 0.0,
-             "heldout_reward": base["heldout_reward"], **{t: base.get(t, float("nan")) for t in tags}}]
+             "heldout_reward": base["heldout_reward"], **{t: base.get(t, math.nan) for t in TAGS}}]
     for run, d in data["runs"].items():
         k = max(d["evals"])
         e = d["evals"][k]
         rows.append({"model": run, "iteration": k + 1, "geneval_overall": e["overall"],
                      "gain_vs_base": e["overall"] - base["overall"], "heldout_reward": e["heldout_reward"],
-                     **{t: e.get(t, float("nan")) for t in tags}})
+                     **{t: e.get(t, math.nan) for t in TAGS}})
     return pd.DataFrame(rows)
+
+
+def _crossing(xs, ys, target):
+    """First x where the piecewise-linear curve (xs, ys) reaches target; nan if never."""
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        if y >= target:
+            if i == 0:
+                return float(x)
+            x0, y0 = xs[i - 1], ys[i - 1]
+            return float(x0 + (target - y0) / (y - y0) * (x - x0)) if y != y0 else float(x)
+    return math.nan
+
+
+def heldout_curve(data, run):
+    """(iterations, held-out reward) with the base model at iteration 0, smoothed over 2 points."""
+    d = data["runs"][run]
+    ks = sorted(d["evals"])
+    xs = [0] + [k + 1 for k in ks]
+    ys = [data["base"]["heldout_reward"]] + [d["evals"][k]["heldout_reward"] for k in ks]
+    return xs, list(smooth(ys, 2))
+
+
+def steps_to_target(data):
+    """Pairs every replay run with the Flow-GRPO run of the same seed."""
+    import pandas as pd
+
+    refs = {d["cfg"]["seed"]: r for r, d in data["runs"].items() if d["cfg"]["replay"]["fraction"] == 0}
+    rows = []
+    for run, d in data["runs"].items():
+        ref = refs.get(d["cfg"]["seed"])
+        if d["cfg"]["replay"]["fraction"] == 0 or ref is None:
+            continue
+        n_ref = data["runs"][ref]["cfg"]["train"]["iterations"]
+        hx, hy = heldout_curve(data, ref)
+        ox, oy = heldout_curve(data, run)
+        tr = smooth(data["runs"][ref]["metrics"]["reward_mean"], 5)
+        to = smooth(d["metrics"]["reward_mean"], 5)
+        it = list(range(1, len(to) + 1))
+        rows.append({
+            "run": run, "reference": ref, "seed": d["cfg"]["seed"],
+            "heldout_target": hy[-1], "heldout_iterations": _crossing(ox, oy, hy[-1]),
+            "heldout_fraction": _crossing(ox, oy, hy[-1]) / n_ref,
+            "train_target": float(tr[-1]), "train_iterations": _crossing(it, list(to), float(tr[-1])),
+            "train_fraction": _crossing(it, list(to), float(tr[-1])) / n_ref,
+        })
+    cols = ["run", "reference", "seed", "heldout_target", "heldout_iterations", "heldout_fraction",
+            "train_target", "train_iterations", "train_fraction"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def headline(speed) -> str:
+    """Mean and spread over seeds of the fraction of Flow-GRPO's iterations OP-GRPO needs."""
+    if speed.empty:
+        return "no OP-GRPO/Flow-GRPO pair in this experiment"
+    lines = []
+    for base_name, g in speed.groupby(speed["run"].str.replace(r"-seed\d+$", "", regex=True)):
+        for col in ("heldout_fraction", "train_fraction"):
+            v = g[col].to_numpy(dtype=float)
+            reached = v[~(v != v)]
+            spread = f"{reached.std():.3f}" if len(reached) > 1 else "n/a"
+            lines.append(f"{base_name}: {col.split('_')[0]} reward: {len(reached)}/{len(v)} seeds reach Flow-GRPO's "
+                         f"final smoothed value; fraction of its iterations mean {reached.mean() if len(reached) else math.nan:.3f} "
+                         f"(std {spread}; per seed {', '.join(f'{x:.2f}' for x in v)})")
+    return "\n".join(lines)
 
 
 def _markdown(df) -> str:
@@ -90,7 +163,14 @@ def _markdown(df) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(cfg: dict, outputs: dict | None = None) -> dict:
+def _save(fig, path):
+    from ..formats.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def report(cfg: dict, runs: list[str] | None = None, outputs: dict | None = None) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,63 +178,112 @@ def report(cfg: dict, outputs: dict | None = None) -> dict:
     import numpy as np
     from PIL import Image
 
-    from ..formats.atomic import atomic_path, write_text
+    from ..formats.atomic import write_text
 
-    out = {**DEFAULT_OUTPUTS, **(outputs or {})}
+    runs = runs or list(cfg["runs"])
+    out = {**outputs_for("main"), **(outputs or {})}
     for p in out.values():
         Path(p).parent.mkdir(parents=True, exist_ok=True)
-    data = collect(cfg)
+    data = collect(cfg, runs)
 
-    # training curves
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for run, d in data["runs"].items():
         m = d["metrics"]
         x = m["iteration"].to_numpy() + 1
-        line = axes[0].plot(x, smooth(m["reward_mean"]), label=f"{run}")[0]
-        axes[0].plot(x, m["reward_mean"], alpha=0.25, color=line.get_color())
+        line = axes[0].plot(x, smooth(m["reward_mean"]), label=run)[0]
+        axes[0].plot(x, m["reward_mean"], alpha=0.2, color=line.get_color())
         if "train_geneval_strict" in m:
             axes[1].plot(x, smooth(m["train_geneval_strict"]), label=run, color=line.get_color())
-    axes[0].set(title="training reward (partial credit), smoothed", xlabel="iteration", ylabel="mean reward")
-    axes[1].set(title="training strict GenEval accuracy, smoothed", xlabel="iteration", ylabel="accuracy")
+    axes[0].set(title="training reward (5-iteration average)", xlabel="iteration", ylabel="mean reward")
+    axes[1].set(title="training strict GenEval accuracy (5-iteration average)", xlabel="iteration", ylabel="accuracy")
     for a in axes:
         a.grid(alpha=0.3)
-        a.legend()
+        a.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(out["curves"]) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    _save(fig, out["curves"])
     plt.close(fig)
 
-    # held-out curve
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for run, d in data["runs"].items():
         ks = sorted(d["evals"])
-        ax.plot([0] + [k + 1 for k in ks], [data["base"]["overall"]] + [d["evals"][k]["overall"] for k in ks],
-                marker="o", label=run)
-    ax.axhline(data["base"]["overall"], color="grey", ls="--", lw=1, label="base")
-    ax.set(title="held-out GenEval overall (ODE, fixed noise)", xlabel="iteration", ylabel="GenEval overall")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        xs = [0] + [k + 1 for k in ks]
+        axes[0].plot(xs, [data["base"]["overall"]] + [d["evals"][k]["overall"] for k in ks], marker="o", label=run)
+        axes[1].plot(xs, [data["base"]["heldout_reward"]] + [d["evals"][k]["heldout_reward"] for k in ks],
+                     marker="o", label=run)
+    axes[0].set(title="held-out GenEval overall (ODE, fixed noise)", xlabel="iteration", ylabel="GenEval overall")
+    axes[1].set(title="held-out partial-credit reward", xlabel="iteration", ylabel="mean reward")
+    for a in axes:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(out["heldout"]) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    _save(fig, out["heldout"])
     plt.close(fig)
 
-    # base vs trained samples (same prompts, same noise)
     panels = [("base", L.eval_grid("base", 0))] + [
         (f"{run} (iteration {max(d['evals']) + 1})", L.eval_grid(run, max(d["evals"]))) for run, d in data["runs"].items()
     ]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.4 * len(panels)))
     for ax, (title, path) in zip(np.atleast_1d(axes), panels):
         ax.imshow(np.asarray(Image.open(path)))
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    with atomic_path(out["grid"]) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    _save(fig, out["grid"])
     plt.close(fig)
+
+    # Figure 2: per-step log-probs of fresh vs replayed samples, averaged over iterations
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run, d in data["runs"].items():
+        m = d["metrics"]
+        s = d["cfg"]["sampling"]["num_steps"]
+        fresh = [m[f"logp_fresh_s{j}"].mean() for j in range(s)]
+        line = ax.plot(range(s), fresh, marker="o", label=f"{run}: fresh")[0]
+        if m["n_replay"].sum() > 0:
+            rep = [m[f"logp_replay_s{j}"].mean() for j in range(s)]
+            ax.plot(range(s), rep, marker="x", ls="--", color=line.get_color(), label=f"{run}: replayed")
+            t_off = d["cfg"]["replay"]["truncation"]
+            if t_off is not None:
+                ax.axvline(t_off - 0.5, color=line.get_color(), ls=":", lw=1)
+    ax.set(title="per-step log-prob (behaviour policy); dotted: truncation", xlabel="denoising step",
+           ylabel="mean log-prob")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, out["logp"])
+    plt.close(fig)
+
+    # clipped fraction of fresh vs replayed samples per run
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(runs)), 4))
+    names = list(data["runs"])
+    fr = [float(np.nanmean(data["runs"][r]["metrics"]["clipfrac_fresh"])) for r in names]
+    rp = [float(np.nanmean(data["runs"][r]["metrics"]["clipfrac_replay"])) if data["runs"][r]["metrics"]["n_replay"].sum()
+          else 0.0 for r in names]
+    xs = np.arange(len(names))
+    ax.bar(xs - 0.2, fr, 0.4, label="fresh")
+    ax.bar(xs + 0.2, rp, 0.4, label="replayed")
+    ax.set_xticks(xs, [f"{r}\n({data['runs'][r]['cfg']['replay']['correction']})" for r in names], fontsize=7)
+    ax.set(title="clipped fraction of trained steps", ylabel="fraction clipped")
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, out["clip"])
+    plt.close(fig)
+
+    from ..formats.atomic import atomic_path
 
     table = results_table(data)
     with atomic_path(out["csv"]) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
-    write_text(out["md"], _markdown(table))
-    return {"table": table, "data": data}
+    speed = steps_to_target(data)
+    with atomic_path(out["speed"]) as tmp:
+        speed.to_csv(tmp, index=False, float_format="%.4f")
+    head = headline(speed)
+    clip_lines = "\n".join(f"| {r} | {data['runs'][r]['cfg']['replay']['correction']} | {f:.3f} | {p:.3f} |"
+                           for r, f, p in zip(names, fr, rp))
+    write_text(out["md"], _markdown(table) + "\n## Steps to Flow-GRPO's final reward\n\n" + head + "\n\n"
+               + (_markdown(speed) if not speed.empty else "") + "\n## Clipped fraction\n\n"
+               "| run | correction | fresh | replayed |\n|---|---|---|---|\n" + clip_lines + "\n")
+    log.info("results:\n%s", table.to_string(index=False))
+    log.info("steps to target:\n%s", head)
+    print(table.to_string(index=False))
+    print(head)
+    return {"table": table, "speed": speed, "data": data}
