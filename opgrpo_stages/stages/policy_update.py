@@ -159,7 +159,9 @@ def policy_update(cfg: dict, iteration: int, *, policy_path, optimizer_path, tra
             metrics[f"train_{col}"] = float(rewards[col].mean())
     for j in range(traj.num_steps):
         metrics[f"logp_fresh_s{j}"] = float(traj.logp_old[fresh, j].mean()) if fresh.any() else math.nan
-        metrics[f"logp_replay_s{j}"] = float(traj.logp_behavior[replay, j].mean()) if replay.any() else math.nan
+        # replayed samples under the current (old) policy: the paper's Figure 2 quantity
+        metrics[f"logp_replay_s{j}"] = float(traj.logp_old[replay, j].mean()) if replay.any() else math.nan
+        metrics[f"logp_replay_behavior_s{j}"] = float(traj.logp_behavior[replay, j].mean()) if replay.any() else math.nan
     df = pd.DataFrame([metrics])
     df["iteration"] = df["iteration"].astype("int64")
 

@@ -72,6 +72,14 @@ def collect(cfg: dict, runs: list[str]) -> dict:
         n = rc["train"]["iterations"]
         metrics = pd.concat([tables.read(L.metrics(run, k), "update_metrics") for k in range(n)], ignore_index=True)
         evals = {k: _eval_summary(L.eval_table(run, k)) for k in L.eval_iterations(rc)}
+        if rc["replay"]["fraction"] > 0:  # buffer size, mean stored (decayed) reward, mean age
+            stats = []
+            for k in range(n - 1):
+                b = tables.read(L.buffer(run, k)[1], "buffer")
+                stats.append((len(b), float(b["reward"].mean()) if len(b) else math.nan,
+                              float((k - b["birth_iteration"]).mean()) if len(b) else math.nan))
+            stats.append(stats[-1] if stats else (0, math.nan, math.nan))
+            metrics["buffer_size"], metrics["buffer_reward"], metrics["buffer_age"] = map(list, zip(*stats))
         data["runs"][run] = {"cfg": rc, "metrics": metrics, "evals": evals}
     return data
 
@@ -186,7 +194,7 @@ def report(cfg: dict, runs: list[str] | None = None, outputs: dict | None = None
         Path(p).parent.mkdir(parents=True, exist_ok=True)
     data = collect(cfg, runs)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     for run, d in data["runs"].items():
         m = d["metrics"]
         x = m["iteration"].to_numpy() + 1
@@ -194,8 +202,13 @@ def report(cfg: dict, runs: list[str] | None = None, outputs: dict | None = None
         axes[0].plot(x, m["reward_mean"], alpha=0.2, color=line.get_color())
         if "train_geneval_strict" in m:
             axes[1].plot(x, smooth(m["train_geneval_strict"]), label=run, color=line.get_color())
+        if "buffer_reward" in m:
+            axes[2].plot(x, m["buffer_reward"], label=f"{run}: mean stored reward", color=line.get_color())
+            axes[2].plot(x, np.asarray(m["buffer_size"]) / d["cfg"]["replay"]["capacity"], ls="--",
+                         color=line.get_color(), label=f"{run}: size / capacity")
     axes[0].set(title="training reward (5-iteration average)", xlabel="iteration", ylabel="mean reward")
     axes[1].set(title="training strict GenEval accuracy (5-iteration average)", xlabel="iteration", ylabel="accuracy")
+    axes[2].set(title="replay buffer", xlabel="iteration")
     for a in axes:
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
@@ -244,7 +257,7 @@ def report(cfg: dict, runs: list[str] | None = None, outputs: dict | None = None
             t_off = d["cfg"]["replay"]["truncation"]
             if t_off is not None:
                 ax.axvline(t_off - 0.5, color=line.get_color(), ls=":", lw=1)
-    ax.set(title="per-step log-prob (behaviour policy); dotted: truncation", xlabel="denoising step",
+    ax.set(title="per-step log-prob under the rollout policy; dotted: truncation", xlabel="denoising step",
            ylabel="mean log-prob")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
