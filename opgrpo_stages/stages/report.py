@@ -235,12 +235,19 @@ def report(cfg: dict, runs: list[str] | None = None, outputs: dict | None = None
     panels = [("base", L.eval_grid("base", 0))] + [
         (f"{run} (iteration {max(d['evals']) + 1})", L.eval_grid(run, max(d["evals"]))) for run, d in data["runs"].items()
     ]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.4 * len(panels)))
+    from ..formats import tables
+
+    shown = tables.read(L.eval_table("base", 0), "eval")["prompt"].tolist()[: cfg.get("report", {}).get("grid_prompts", 12)]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.4 * len(panels) + 0.25 * len(shown) / 2))
     for ax, (title, path) in zip(np.atleast_1d(axes), panels):
         ax.imshow(np.asarray(Image.open(path)))
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-    fig.tight_layout()
+    caption = "images in reading order: " + "; ".join(f"{i + 1}. {p}" for i, p in enumerate(shown))
+    import textwrap
+
+    fig.text(0.02, 0.005, "\n".join(textwrap.wrap(caption, 120)), fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, 0.02 + 0.012 * len(shown) / 2, 1, 1))
     _save(fig, out["grid"])
     plt.close(fig)
 
