@@ -20,7 +20,7 @@ def test_crossing_interpolates_and_reports_never():
 
 def _run(seed, fraction, rewards, evals):
     cfg = {"seed": seed, "replay": {"fraction": fraction}, "train": {"iterations": len(rewards)}}
-    return {"cfg": cfg, "metrics": pd.DataFrame({"reward_mean": rewards}),
+    return {"cfg": cfg, "metrics": pd.DataFrame({"reward_mean": rewards, "reward_fresh": rewards}),
             "evals": {k: {"heldout_reward": v} for k, v in evals.items()}}
 
 

@@ -9,7 +9,8 @@ Under ``results/<experiment>/``:
 - ``tables/results.csv|md``: GenEval per tag and overall, base vs each run's last checkpoint.
 - ``tables/steps_to_target.csv``: for every run with replay, the fraction of its Flow-GRPO
   partner's iterations (same seed, replay fraction 0) it needs to reach that partner's final
-  smoothed held-out reward, and the same on the training reward; the mean and spread over
+  smoothed held-out reward, and the same on the training reward of fresh samples (replayed
+  samples are excluded: they were chosen for their high reward); the mean and spread over
   seeds are printed to the log and written under the table.
 """
 
@@ -71,6 +72,13 @@ def collect(cfg: dict, runs: list[str]) -> dict:
         rc = C.resolve_run(cfg, run)
         n = rc["train"]["iterations"]
         metrics = pd.concat([tables.read(L.metrics(run, k), "update_metrics") for k in range(n)], ignore_index=True)
+        # training reward of fresh samples only: replayed ones were selected for their high reward
+        fresh = []
+        for k in range(n):
+            smp = tables.read(L.samples(run, k), "samples")
+            rew = tables.read(L.rewards(run, k), "rewards")
+            fresh.append(float(rew["reward"][smp["source"].to_numpy() == "fresh"].mean()))
+        metrics["reward_fresh"] = fresh
         evals = {k: _eval_summary(L.eval_table(run, k)) for k in L.eval_iterations(rc)}
         if rc["replay"]["fraction"] > 0:  # buffer size, mean stored (decayed) reward, mean age
             stats = []
@@ -132,8 +140,8 @@ def steps_to_target(data):
         n_ref = data["runs"][ref]["cfg"]["train"]["iterations"]
         hx, hy = heldout_curve(data, ref)
         ox, oy = heldout_curve(data, run)
-        tr = smooth(data["runs"][ref]["metrics"]["reward_mean"], 5)
-        to = smooth(d["metrics"]["reward_mean"], 5)
+        tr = smooth(data["runs"][ref]["metrics"]["reward_fresh"], 5)
+        to = smooth(d["metrics"]["reward_fresh"], 5)
         it = list(range(1, len(to) + 1))
         rows.append({
             "run": run, "reference": ref, "seed": d["cfg"]["seed"],
@@ -198,15 +206,15 @@ def report(cfg: dict, runs: list[str] | None = None, outputs: dict | None = None
     for run, d in data["runs"].items():
         m = d["metrics"]
         x = m["iteration"].to_numpy() + 1
-        line = axes[0].plot(x, smooth(m["reward_mean"]), label=run)[0]
-        axes[0].plot(x, m["reward_mean"], alpha=0.2, color=line.get_color())
+        line = axes[0].plot(x, smooth(m["reward_fresh"]), label=run)[0]
+        axes[0].plot(x, m["reward_fresh"], alpha=0.2, color=line.get_color())
         if "train_geneval_strict" in m:
             axes[1].plot(x, smooth(m["train_geneval_strict"]), label=run, color=line.get_color())
         if "buffer_reward" in m:
             axes[2].plot(x, m["buffer_reward"], label=f"{run}: mean stored reward", color=line.get_color())
             axes[2].plot(x, np.asarray(m["buffer_size"]) / d["cfg"]["replay"]["capacity"], ls="--",
                          color=line.get_color(), label=f"{run}: size / capacity")
-    axes[0].set(title="training reward (5-iteration average)", xlabel="iteration", ylabel="mean reward")
+    axes[0].set(title="training reward of fresh samples (5-iteration average)", xlabel="iteration", ylabel="mean reward")
     axes[1].set(title="training strict GenEval accuracy (5-iteration average)", xlabel="iteration", ylabel="accuracy")
     axes[2].set(title="replay buffer", xlabel="iteration")
     for a in axes:
