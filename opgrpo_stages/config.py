@@ -100,8 +100,6 @@ def check_semantics(cfg: dict, source: str) -> None:
         raise ConfigError(
             f"{source}: key 'replay.truncation' = {t_off} exceeds sampling.num_steps = {s} (expected 1..{s} or null)"
         )
-    if cfg["replay"]["fraction"] > 0 and cfg["replay"]["fraction"] * cfg["train"]["prompts_per_iteration"] < 1:
-        pass  # allowed: replayed prompts are drawn stochastically per iteration (at least one when possible)
     if cfg["train"]["microbatch"] > cfg["train"]["prompts_per_iteration"] * cfg["train"]["group_size"]:
         cfg["train"]["microbatch"] = cfg["train"]["prompts_per_iteration"] * cfg["train"]["group_size"]
     if cfg["model"]["backbone"] == "tiny_unet":

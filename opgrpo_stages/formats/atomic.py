@@ -38,18 +38,3 @@ def atomic_path(path: str | os.PathLike):
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
-
-
-@contextlib.contextmanager
-def all_or_nothing(paths):
-    """Remove every listed output if the block fails, so a stage leaves no partial output set."""
-    paths = [Path(p) for p in paths]
-    existed = {p: p.exists() for p in paths}
-    try:
-        yield
-    except BaseException:
-        for p in paths:
-            if not existed[p]:
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-        raise
