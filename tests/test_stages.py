@@ -50,7 +50,7 @@ def test_one_iteration_writes_valid_artifacts(workdir, run_cfg):
     assert torch.equal(traj.logp_old, traj.logp_behavior)  # fresh samples only
     assert traj.train_steps[:, :-1].all() and not traj.train_steps[:, -1].any()  # last step skipped
     assert m["optimizer_steps"] == 2 and m["n_replay"] == 0
-    # first minibatch runs at the unchanged policy: nothing is clipped there
+    # at most the second of two minibatches can clip (the first runs at the rollout policy)
     assert 0.0 <= m["clipfrac"] <= 0.5
 
 
