@@ -2,7 +2,8 @@
 #   snakemake --profile profiles/local          the default (embedded) experiment and its report
 #   snakemake -f runs/flowgrpo/iter_00003/rewards.parquet   rerun one stage of one iteration
 # Every stage is a plain function (opgrpo_stages.stages.*) also runnable as `opgrpo <stage>`.
-# Stages run inside the Snakemake process (`run:`), so torch is imported once, not per job.
+# Stages run inside the Snakemake process (`run:`), so torch is imported once, not per job;
+# rollout and policy_update with `distributed.processes` > 1 run under `accelerate launch` instead.
 import sys
 
 from snakemake.utils import min_version, validate
@@ -133,14 +134,15 @@ rule rollout:
     benchmark:
         "logs/{run}/iter_{iter}/rollout.benchmark.tsv"
     threads: workflow.cores
+    resources:
+        gpu=lambda w: cfg_of(w.run)["distributed"]["processes"],  # one GPU per data-parallel process
     run:
-        from opgrpo_stages.smk import rule_log
+        from opgrpo_stages.smk import run_stage
         from opgrpo_stages.stages.rollout import rollout
 
-        with rule_log(log[0]):
-            rollout(RUN_CFG[wildcards.run], K(wildcards), prompts_path=input.prompts, policy_path=input.policy,
-                    buffer_paths=tuple(input.buffer), out_trajectories=output.trajectories,
-                    out_samples=output.samples, out_images=output.images)
+        run_stage("rollout", rollout, RUN_CFG[wildcards.run], K(wildcards), dict(
+            prompts_path=input.prompts, policy_path=input.policy, buffer_paths=tuple(input.buffer),
+            out_trajectories=output.trajectories, out_samples=output.samples, out_images=output.images), log[0])
 
 
 rule score:
@@ -199,15 +201,16 @@ rule policy_update:
     benchmark:
         "logs/{run}/iter_{iter}/policy_update.benchmark.tsv"
     threads: workflow.cores
+    resources:
+        gpu=lambda w: cfg_of(w.run)["distributed"]["processes"],  # one GPU per data-parallel process
     run:
-        from opgrpo_stages.smk import rule_log
+        from opgrpo_stages.smk import run_stage
         from opgrpo_stages.stages.policy_update import policy_update
 
-        with rule_log(log[0]):
-            policy_update(RUN_CFG[wildcards.run], K(wildcards), policy_path=input.policy,
-                          optimizer_path=input.optimizer, trajectories_path=input.trajectories,
-                          samples_path=input.samples, rewards_path=input.rewards, out_policy=output.policy,
-                          out_optimizer=output.optimizer, out_metrics=output.metrics)
+        run_stage("policy_update", policy_update, RUN_CFG[wildcards.run], K(wildcards), dict(
+            policy_path=input.policy, optimizer_path=input.optimizer, trajectories_path=input.trajectories,
+            samples_path=input.samples, rewards_path=input.rewards, out_policy=output.policy,
+            out_optimizer=output.optimizer, out_metrics=output.metrics), log[0])
 
 
 rule evaluate:

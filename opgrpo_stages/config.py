@@ -102,6 +102,15 @@ def check_semantics(cfg: dict, source: str) -> None:
         )
     if cfg["train"]["microbatch"] > cfg["train"]["prompts_per_iteration"] * cfg["train"]["group_size"]:
         cfg["train"]["microbatch"] = cfg["train"]["prompts_per_iteration"] * cfg["train"]["group_size"]
+    procs = cfg["distributed"]["processes"]
+    n = cfg["train"]["prompts_per_iteration"] * cfg["train"]["group_size"]
+    batches = -(-n // cfg["sampling"]["batch_size"])
+    if procs > batches:  # rollout shares out whole forward batches: every process needs one
+        raise ConfigError(
+            f"{source}: key 'distributed.processes' = {procs} exceeds the {batches} rollout forward batches "
+            f"(train.prompts_per_iteration x train.group_size = {n} samples in sampling.batch_size = "
+            f"{cfg['sampling']['batch_size']}); lower sampling.batch_size or the processes"
+        )
     if cfg["model"]["backbone"] == "tiny_unet":
         from .world import WorldSpec
 

@@ -48,3 +48,16 @@ def rule_log(path):
     finally:
         logger.removeHandler(handler)
         handler.close()
+
+
+def run_stage(stage: str, fn, cfg: dict, iteration: int, paths: dict, log_path) -> None:
+    """A data-parallel-capable stage for its rule: ``fn(cfg, iteration, **paths)`` in this process,
+    or, with ``distributed.processes`` > 1, the stage CLI under ``accelerate launch`` as a
+    subprocess (its output in the rule's log)."""
+    from .distributed import launch, processes
+
+    if processes(cfg) > 1:
+        launch(stage, cfg, iteration, paths, log_path)
+        return
+    with rule_log(log_path):
+        fn(cfg, iteration, **paths)

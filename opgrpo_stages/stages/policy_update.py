@@ -49,6 +49,17 @@ def _weights_and_refs(cfg, traj, samples):
 
 def policy_update(cfg: dict, iteration: int, *, policy_path, optimizer_path, trajectories_path, samples_path,
                   rewards_path, out_policy, out_optimizer, out_metrics) -> dict:
+    from ..distributed import data_parallel
+
+    with data_parallel(cfg) as dp:
+        return _policy_update(cfg, iteration, dp, policy_path=policy_path, optimizer_path=optimizer_path,
+                              trajectories_path=trajectories_path, samples_path=samples_path,
+                              rewards_path=rewards_path, out_policy=out_policy, out_optimizer=out_optimizer,
+                              out_metrics=out_metrics)
+
+
+def _policy_update(cfg, iteration, dp, *, policy_path, optimizer_path, trajectories_path, samples_path,
+                   rewards_path, out_policy, out_optimizer, out_metrics) -> dict:
     import pandas as pd
 
     from ..formats import policy as policy_fmt
@@ -92,8 +103,9 @@ def policy_update(cfg: dict, iteration: int, *, policy_path, optimizer_path, tra
     kl_sum, loss_sum, grad_norms = 0.0, 0.0, []
     for mb_i, mb in enumerate(progress(minibatches, "update")):
         opt.zero_grad(set_to_none=True)
-        denom = len(mb) * len(steps)
-        for chunk in torch.split(mb, tc["microbatch"]):
+        denom = len(mb) * len(steps)  # the whole minibatch's count, in every process
+        chunks = torch.split(mb, tc["microbatch"])
+        for chunk in chunks[dp.shard(len(chunks))]:  # data parallel: this process's microbatches
             c = {k: v[chunk] for k, v in cond.items()}
             for j in steps:
                 x, x_next = traj.latents[chunk, j], traj.latents[chunk, j + 1]
@@ -119,6 +131,7 @@ def policy_update(cfg: dict, iteration: int, *, policy_path, optimizer_path, tra
                 loss_sum += loss.item()
                 clipped[chunk, j] = clip_mask.float()
                 sq_logratio[chunk, j] = (st.log_prob.detach() - traj.logp_old[chunk, j]) ** 2
+        dp.all_reduce_grads(params.values())
         gn = torch.nn.utils.clip_grad_norm_(list(params.values()), tc["max_grad_norm"])
         if not torch.isfinite(gn):
             raise NumericalError(
@@ -132,6 +145,8 @@ def policy_update(cfg: dict, iteration: int, *, policy_path, optimizer_path, tra
                 for k, p in params.items():
                     ema[k] = ema[k] * d + p.detach() * (1 - d) if k in ema else p.detach().clone()
 
+    loss_sum, kl_sum = dp.sum(loss_sum, kl_sum)
+    dp.sum_(clipped, sq_logratio)  # each sample's row was filled by exactly one process
     steps_t = torch.as_tensor(steps)
     fresh = ~replay
     r = rewards["reward"].to_numpy()
@@ -165,6 +180,8 @@ def policy_update(cfg: dict, iteration: int, *, policy_path, optimizer_path, tra
     df = pd.DataFrame([metrics])
     df["iteration"] = df["iteration"].astype("int64")
 
+    if not dp.is_main:
+        return metrics
     meta = {"run": cfg["run"], "iteration": iteration, "backbone": backbone.name}
     policy_fmt.write_policy(out_policy, backbone.policy_state_dict(), meta)
     policy_fmt.write_optimizer(out_optimizer, opt, names, ema if tc["ema"]["enabled"] else None, meta)

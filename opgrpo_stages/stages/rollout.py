@@ -59,6 +59,15 @@ def plan_groups(cfg: dict, iteration: int, prompts: list[dict], buf) -> list[dic
 
 def rollout(cfg: dict, iteration: int, *, prompts_path, policy_path, buffer_paths, out_trajectories,
             out_samples, out_images) -> None:
+    from ..distributed import data_parallel
+
+    with data_parallel(cfg) as dp:
+        _rollout(cfg, iteration, dp, prompts_path=prompts_path, policy_path=policy_path, buffer_paths=buffer_paths,
+                 out_trajectories=out_trajectories, out_samples=out_samples, out_images=out_images)
+
+
+def _rollout(cfg, iteration, dp, *, prompts_path, policy_path, buffer_paths, out_trajectories, out_samples,
+             out_images) -> None:
     import pandas as pd
     import torch
 
@@ -98,27 +107,35 @@ def rollout(cfg: dict, iteration: int, *, prompts_path, policy_path, buffer_path
             kept_rows.append(grp["replay_row"] if src == "replay" else -1)
     samples = pd.DataFrame(rows).astype({"group": "int64", "birth_iteration": "int64", "kept_steps": "int64"})
 
-    init, step_noise = per_sample_noise(backbone, seeds, n_steps)
-    kept_steps = torch.tensor(samples["kept_steps"].to_numpy(), dtype=torch.long)
+    # data parallel: this process runs a block of the 1-process run's forward batches, so every
+    # sample is bit-identical whatever the number of processes
+    bs = sc["batch_size"]
+    mine = dp.shard(math.ceil(len(rows) / bs))
+    mine = slice(mine.start * bs, min(mine.stop * bs, len(rows)))
+    init, step_noise = per_sample_noise(backbone, seeds[mine], n_steps)
+    kept_steps = torch.tensor(samples["kept_steps"].to_numpy()[mine], dtype=torch.long)
     kept_latents = None
     if (kept_steps > 0).any():
-        kept_latents = torch.zeros((len(rows), n_steps + 1, *backbone.latent_shape))
-        for n, r in enumerate(kept_rows):
+        kept_latents = torch.zeros((len(kept_steps), n_steps + 1, *backbone.latent_shape))
+        for n, r in enumerate(kept_rows[mine]):
             if r >= 0:
                 kept_latents[n] = buf.latents[r]
-    cond = backbone.encode_prompts([{"prompt": r["prompt"]} for r in rows])
+    cond = backbone.encode_prompts([{"prompt": r["prompt"]} for r in rows[mine]])
     latents, logp_old = sample_sde(
         backbone, cond, init, step_noise, sigmas, noise_level=sc["noise_level"], kind=sc["sde"],
         reduction=sc["logp_reduction"], batch_size=sc["batch_size"], kept_latents=kept_latents,
         kept_steps=kept_steps, progress=progress,
     )
+    images = backbone.decode(latents[:, -1])
+    latents, logp_old, images = dp.gather_cat(latents, logp_old, images)
+    if not dp.is_main:
+        return
     logp_behavior = logp_old.clone()
     for n, r in enumerate(kept_rows):
         if r >= 0:
             logp_behavior[n, :t_off] = buf.logp_behavior[r, :t_off]
     train_steps = torch.zeros((len(rows), n_steps), dtype=torch.bool)
     train_steps[:, : num_train_steps(n_steps, cfg["train"]["timestep_fraction"])] = True
-    images = backbone.decode(latents[:, -1])
 
     meta = {"run": run, "iteration": iteration, "noise_level": sc["noise_level"], "sde": sc["sde"],
             "logp_reduction": sc["logp_reduction"], "backbone": backbone.name}
