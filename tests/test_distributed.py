@@ -187,7 +187,7 @@ def test_snakefile_launches_accelerate_with_processes(tmp_path):
                     reason="the slurm extra is not installed")
 def test_slurm_profile_requests_one_gpu_per_process(tmp_path):
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
-    (tmp_path / "more.yaml").write_text(yaml.safe_dump({"distributed": {"processes": 2}}))
+    (tmp_path / "more.yaml").write_text(yaml.safe_dump({"distributed": {"processes": 2}, "sampling": {"batch_size": 64}}))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--profile",
            str(REPO / "profiles/slurm"), "-n", "--configfile", str(tmp_path / "config.yaml"), str(tmp_path / "more.yaml")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
