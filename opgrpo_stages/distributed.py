@@ -146,7 +146,13 @@ def data_parallel(cfg: dict):
     import torch.distributed as dist
     from accelerate import PartialState
 
-    state = PartialState(cpu=str(cfg["runtime"]["device"]) == "cpu")
+    device = str(cfg["runtime"]["device"])
+    state = PartialState(cpu=device == "cpu")
+    if state.num_processes != int(os.environ["WORLD_SIZE"]):  # accelerate found no backend for the device
+        from .errors import ConfigError
+
+        raise ConfigError(f"runtime.device: {device!r}: cannot run {os.environ['WORLD_SIZE']} data-parallel "
+                          f"processes on it (no GPU here?); use runtime.device: cpu for gloo")
     objects = None if state.backend == "gloo" else dist.new_group(backend="gloo")
     dp = DataParallel(state.process_index, state.num_processes, objects)
     logging.getLogger("opgrpo").info("data parallel: process %d of %d (%s, %s)", dp.rank, dp.world,

@@ -136,6 +136,17 @@ def test_policy_update_two_processes_matches_one(iteration1, tmp_path):
         assert ma[col].iloc[0] == pytest.approx(mb[col].iloc[0], rel=1e-6, abs=1e-9), col
 
 
+def test_shards_partition_the_items_in_order():
+    from opgrpo_stages.distributed import DataParallel
+
+    for n in range(0, 9):
+        for world in (1, 2, 3, 4):
+            blocks = [DataParallel(r, world).shard(n) for r in range(world)]
+            assert [i for b in blocks for i in range(n)[b]] == list(range(n))
+            sizes = [b.stop - b.start for b in blocks]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
 def test_processes_beyond_forward_batches_is_a_config_error():
     from opgrpo_stages import config as C
     from opgrpo_stages.errors import ConfigError
