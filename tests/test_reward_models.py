@@ -1,0 +1,109 @@
+"""Model-based rewards on tiny random-initialised models of the real architectures, loaded from
+disk through the real path; each formula is recomputed independently of the reward code."""
+
+import numpy as np
+import pytest
+
+from opgrpo_stages.errors import ModelPathError
+from opgrpo_stages.rewards import build_reward
+
+from tiny_reward_models import tiny_clip
+
+PROMPTS = ["a red cat", "two dogs on a sofa", "a bowl of soup"]
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (3, 40, 48, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return tiny_clip(tmp_path_factory.mktemp("clip"), projection_dim=16)
+
+
+@pytest.fixture(scope="module")
+def clip_l14_dir(tmp_path_factory):
+    # the aesthetic head needs 768-d projected features, as CLIP ViT-L/14 gives
+    return tiny_clip(tmp_path_factory.mktemp("clip768"), projection_dim=768, seed=1)
+
+
+def clip_forward(model_dir, images, prompts):
+    """CLIPModel's own forward (not the reward's code path): normalised embeddings + logits."""
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    m = CLIPModel.from_pretrained(model_dir).eval()
+    p = CLIPProcessor.from_pretrained(model_dir)
+    inp = p(text=prompts, images=list(images), return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = m(**inp)
+    return m, out
+
+
+@pytest.mark.parametrize("name", ["pickscore", "aesthetic"])
+def test_missing_model_names_the_config_key(name, tmp_path):
+    with pytest.raises(ModelPathError, match=rf"reward\.options\.{name}\.path is not set"):
+        build_reward(name)
+    with pytest.raises(ModelPathError, match=rf"reward\.options\.{name}\.path: .*nope does not exist"):
+        build_reward(name, path=tmp_path / "nope")
+
+
+def test_pickscore_is_scaled_cosine(clip_dir, images):
+    r = build_reward("pickscore", path=str(clip_dir), processor_path=str(clip_dir), batch_size=2)
+    got = r.score(images, PROMPTS, None)["pickscore"]
+    m, out = clip_forward(clip_dir, images, PROMPTS)
+    img = out.image_embeds.double().numpy()
+    txt = out.text_embeds.double().numpy()
+    cos = (img * txt).sum(1) / np.linalg.norm(img, axis=1) / np.linalg.norm(txt, axis=1)
+    expected = np.exp(3.1) * cos  # the builder sets logit_scale = 3.1
+    assert got.dtype == np.float64 and got.shape == (3,)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, np.diag(out.logits_per_image.double().numpy()), rtol=1e-5, atol=1e-6)
+    # Flow-GRPO's training scale
+    r26 = build_reward("pickscore", path=str(clip_dir), normalize=True)
+    np.testing.assert_allclose(r26.score(images, PROMPTS, None)["pickscore"], expected / 26, rtol=1e-5, atol=1e-6)
+
+
+def test_shipped_aesthetic_head_checksum():
+    from opgrpo_stages.rewards.clip_rewards import AESTHETIC_HEAD, AESTHETIC_HEAD_SHA256, sha256_file
+
+    # value recorded in shared/data/README.md (21dd590f...f1e0) and in data/aesthetic/PROVENANCE.md
+    assert AESTHETIC_HEAD_SHA256.startswith("21dd590f") and AESTHETIC_HEAD_SHA256.endswith("f1e0")
+    assert sha256_file(AESTHETIC_HEAD) == AESTHETIC_HEAD_SHA256
+    assert (AESTHETIC_HEAD.parent / "LICENSE").is_file()
+
+
+def test_aesthetic_is_shipped_head_on_normalised_features(clip_l14_dir, images):
+    import torch
+    from opgrpo_stages.rewards.clip_rewards import AESTHETIC_HEAD
+
+    r = build_reward("aesthetic", path=str(clip_l14_dir))
+    got = r.score(images, None, None)["aesthetic"]
+    _, out = clip_forward(clip_l14_dir, images, PROMPTS)
+    x = out.image_embeds.double().numpy()
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sd = {k: v.double().numpy() for k, v in torch.load(AESTHETIC_HEAD, map_location="cpu", weights_only=True).items()}
+    for i in (0, 2, 4, 6, 7):  # Linear layers only; the dropouts in between are identity at inference
+        x = x @ sd[f"layers.{i}.weight"].T + sd[f"layers.{i}.bias"]
+    np.testing.assert_allclose(got, x[:, 0], rtol=1e-4, atol=1e-5)
+    assert np.ptp(got) > 0  # the images do get different scores
+
+
+def test_aesthetic_rejects_non_l14_features(clip_dir):
+    with pytest.raises(ModelPathError, match="768"):
+        build_reward("aesthetic", path=str(clip_dir))
+
+
+def test_score_stage_sums_terms_and_sets_device(clip_dir, images):
+    from opgrpo_stages.stages.score import build_terms, score_images
+
+    cfg = {"world": {}, "runtime": {"device": "cpu"},
+           "reward": {"terms": {"pickscore": 0.5, "brightness": 2.0},
+                      "options": {"pickscore": {"path": str(clip_dir)}}}}
+    terms = build_terms(cfg)
+    assert terms["pickscore"].device == "cpu"
+    cols = score_images(cfg, images, PROMPTS, [{}] * 3, terms)
+    assert set(cols) == {"pickscore", "brightness", "reward"}
+    np.testing.assert_allclose(cols["reward"], 0.5 * cols["pickscore"] + 2.0 * cols["brightness"])
