@@ -52,5 +52,6 @@ from . import geneval as _geneval  # noqa: E402,F401  (registers "geneval")
 from . import simple as _simple  # noqa: E402,F401  (registers "brightness")
 from . import ocr as _ocr  # noqa: E402,F401
 from . import clip_rewards as _clip_rewards  # noqa: E402,F401
+from . import unifiedreward as _unifiedreward  # noqa: E402,F401
 
 __all__ = ["Reward", "REWARDS", "register_reward", "build_reward"]
