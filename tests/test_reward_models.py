@@ -107,3 +107,47 @@ def test_score_stage_sums_terms_and_sets_device(clip_dir, images):
     cols = score_images(cfg, images, PROMPTS, [{}] * 3, terms)
     assert set(cols) == {"pickscore", "brightness", "reward"}
     np.testing.assert_allclose(cols["reward"], 0.5 * cols["pickscore"] + 2.0 * cols["brightness"])
+
+
+# ---------------------------------------------------------------- DeQA
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory):
+    from tiny_reward_models import tiny_llava
+
+    return tiny_llava(tmp_path_factory.mktemp("llava"))
+
+
+def test_deqa_is_expected_level_under_softmax(llava_dir, images):
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from tiny_reward_models import DEQA_WORDS
+
+    r = build_reward("deqa", path=str(llava_dir), batch_size=2)
+    got = r.score(images, None, None)["deqa"]
+    # independent: the model's own forward, one image at a time, on the image padded to a square
+    m = LlavaForConditionalGeneration.from_pretrained(llava_dir).eval()
+    p = AutoProcessor.from_pretrained(llava_dir)
+    ids = [DEQA_WORDS.index(w) for w in ("excellent", "good", "fair", "poor", "bad")]
+    fill = tuple(int(v * 255) for v in p.image_processor.image_mean)
+    expected = []
+    for im in images:
+        h, w = im.shape[:2]
+        sq = Image.new("RGB", (max(h, w),) * 2, fill)
+        sq.paste(Image.fromarray(im), ((max(h, w) - w) // 2, (max(h, w) - h) // 2))
+        text = "USER: How would you rate the quality of this image?\n<image>\nASSISTANT: The quality of the image is"
+        with torch.no_grad():
+            logits = m(**p(text=[text], images=[sq], return_tensors="pt")).logits[0, -1, ids].double().numpy()
+        prob = np.exp(logits - logits.max())
+        prob /= prob.sum()
+        expected.append(prob @ np.array([5.0, 4.0, 3.0, 2.0, 1.0]))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert np.all((got >= 1) & (got <= 5)) and got.dtype == np.float64
+
+
+def test_deqa_missing_model():
+    with pytest.raises(ModelPathError, match=r"reward\.options\.deqa\.path is not set"):
+        build_reward("deqa")

@@ -45,3 +45,42 @@ def tiny_clip(out_dir, *, projection_dim: int = 16, image_size: int = 32, seed: 
         model.logit_scale.fill_(3.1)
     model.save_pretrained(out)
     return out
+
+
+DEQA_WORDS = ["<unk>", "<s>", "</s>", "<pad>", "<image>", "USER", "ASSISTANT", ":", "?", "How", "would", "you",
+              "rate", "the", "quality", "of", "this", "image", "is", "The", "excellent", "good", "fair", "poor", "bad"]
+
+
+def word_tokenizer(words, **special):
+    """A whitespace word-level fast tokenizer over ``words`` (first four: unk, bos, eos, pad);
+    ``special``: extra named special tokens, e.g. ``image_token="<image>"`` (kept whole)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=t, unk_token=words[0], bos_token=words[1], eos_token=words[2],
+                                   pad_token=words[3], extra_special_tokens=special)
+
+
+def tiny_llava(out_dir, *, image_size: int = 32, seed: int = 0) -> Path:
+    """LlavaForConditionalGeneration (tiny CLIP vision tower + tiny Llama) and its LlavaProcessor."""
+    import torch
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    out = Path(out_dir)
+    tok = word_tokenizer(DEQA_WORDS, image_token="<image>")
+    ip = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                   image_token="<image>", num_additional_image_tokens=1).save_pretrained(out)
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                                       image_size=image_size, patch_size=8),
+        text_config=LlamaConfig(vocab_size=len(DEQA_WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                pad_token_id=3, bos_token_id=1, eos_token_id=2),
+        image_token_id=DEQA_WORDS.index("<image>"), vision_feature_select_strategy="default", vision_feature_layer=-1)
+    torch.manual_seed(seed)
+    LlavaForConditionalGeneration(cfg).eval().save_pretrained(out)
+    return out
