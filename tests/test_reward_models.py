@@ -151,3 +151,41 @@ def test_deqa_is_expected_level_under_softmax(llava_dir, images):
 def test_deqa_missing_model():
     with pytest.raises(ModelPathError, match=r"reward\.options\.deqa\.path is not set"):
         build_reward("deqa")
+
+
+# ---------------------------------------------------------------- ImageReward
+
+
+def test_imagereward_loads_released_layout_and_matches_formula(tmp_path, images):
+    import torch
+    from PIL import Image
+
+    from tiny_reward_models import tiny_imagereward
+
+    t = tiny_imagereward(tmp_path / "ir")
+    r = build_reward("imagereward", path=str(t["path"]), tokenizer_path=str(t["tokenizer_path"]), batch_size=2)
+    got = r.score(images, PROMPTS, None)["imagereward"]
+    # independent: images 40x48 -> shorter side to 32 (bicubic): 38x32, centre crop columns 3..35
+    mean, std = np.array([0.48145466, 0.4578275, 0.40821073]), np.array([0.26862954, 0.26130258, 0.27577711])
+    pix = np.stack([((np.asarray(Image.fromarray(im).resize((38, 32), Image.BICUBIC))[:, 3:35] / 255.0 - mean) / std)
+                    .transpose(2, 0, 1) for im in images]).astype(np.float32)
+    ids = {"a": 5, "red": 6, "cat": 7, "two": 8, "dogs": 9, "on": 10, "sofa": 11, "bowl": 12, "of": 13, "soup": 14}
+    rows = [[2] + [ids[w] for w in p.split()] + [3] for p in PROMPTS]  # [CLS] words [SEP], padded to 35
+    input_ids = torch.tensor([row + [0] * (35 - len(row)) for row in rows])
+    with torch.no_grad():
+        img = t["vision"](pixel_values=torch.from_numpy(pix)).last_hidden_state
+        h = t["text"](input_ids=input_ids, attention_mask=(input_ids > 0).long(), encoder_hidden_states=img,
+                      encoder_attention_mask=torch.ones(img.shape[:2], dtype=torch.long)).last_hidden_state[:, 0]
+        for i in ("0", "2", "4", "6", "7"):
+            h = t["mlp"][i](h)
+    expected = (h[:, 0].double().numpy() - 0.16717362830052426) / 1.0333394966054072
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    # the image reaches the score through cross-attention: same prompt, different images differ
+    assert np.ptp(r.score(images, [PROMPTS[0]] * 3, None)["imagereward"]) > 1e-6
+
+
+def test_imagereward_missing_files(tmp_path):
+    with pytest.raises(ModelPathError, match=r"reward\.options\.imagereward\.path is not set"):
+        build_reward("imagereward")
+    with pytest.raises(ModelPathError, match=r"ImageReward\.pt"):
+        build_reward("imagereward", path=str(tmp_path), tokenizer_path=str(tmp_path))

@@ -84,3 +84,56 @@ def tiny_llava(out_dir, *, image_size: int = 32, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     LlavaForConditionalGeneration(cfg).eval().save_pretrained(out)
     return out
+
+
+IMAGEREWARD_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "cat", "two", "dogs", "on", "sofa",
+                     "bowl", "of", "soup"]
+
+# transformers BLIP name -> name in the released ImageReward.pt (BLIP's timm-style ViT)
+_VIT_ORIGINAL = [
+    ("embeddings.class_embedding", "cls_token"),
+    ("embeddings.position_embedding", "pos_embed"),
+    ("embeddings.patch_embedding.", "patch_embed.proj."),
+    ("post_layernorm.", "norm."),
+    ("layer_norm1.", "norm1."),
+    ("layer_norm2.", "norm2."),
+    ("self_attn.qkv.", "attn.qkv."),
+    ("self_attn.projection.", "attn.proj."),
+    ("encoder.layers.", "blocks."),
+]
+
+
+def tiny_imagereward(out_dir, *, image_size: int = 32, seed: int = 0) -> dict:
+    """A random ImageReward checkpoint in the released layout (``ImageReward.pt``: ``blip.visual_encoder.*``,
+    ``blip.text_encoder.*``, ``mlp.layers.{0,2,4,6,7}.*``) plus a BERT tokenizer directory.
+
+    Returns paths and the transformers modules the tensors came from (for recomputation)."""
+    import torch
+    from transformers import BertTokenizer, BlipTextConfig, BlipVisionConfig, BlipVisionModel
+    from transformers.models.blip.modeling_blip_text import BlipTextModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok_dir = out / "tokenizer"
+    BertTokenizer(vocab={w: i for i, w in enumerate(IMAGEREWARD_WORDS)}).save_pretrained(tok_dir)
+    torch.manual_seed(seed)
+    vision = BlipVisionModel(BlipVisionConfig(hidden_size=128, intermediate_size=96, num_hidden_layers=2,
+                                              num_attention_heads=2, image_size=image_size, patch_size=8,
+                                              layer_norm_eps=1e-6)).eval()
+    text = BlipTextModel(BlipTextConfig(vocab_size=len(IMAGEREWARD_WORDS), hidden_size=64, intermediate_size=96,
+                                        num_hidden_layers=2, num_attention_heads=1, encoder_hidden_size=128,
+                                        max_position_embeddings=40, bos_token_id=None, sep_token_id=None,
+                                        pad_token_id=0), add_pooling_layer=False).eval()
+    sizes = [64, 1024, 128, 64, 16, 1]
+    mlp = torch.nn.ModuleDict({str(i): torch.nn.Linear(a, b) for i, a, b in zip((0, 2, 4, 6, 7), sizes, sizes[1:])})
+    sd = {}
+    for k, v in vision.state_dict().items():
+        for new, old in _VIT_ORIGINAL:
+            k = k.replace(new, old)
+        sd["blip.visual_encoder." + k] = v
+    sd.update({"blip.text_encoder." + k: v for k, v in text.state_dict().items()})
+    sd["blip.text_encoder.embeddings.position_ids"] = torch.arange(40)[None]
+    sd.update({"mlp.layers." + k: v for k, v in mlp.state_dict().items()})
+    sd["blip.vision_proj.weight"] = torch.zeros(4, 128)  # present in the real file, unused by the score
+    torch.save(sd, out / "ImageReward.pt")
+    return {"path": out, "tokenizer_path": tok_dir, "vision": vision, "text": text, "mlp": mlp}

@@ -54,5 +54,6 @@ from . import ocr as _ocr  # noqa: E402,F401
 from . import clip_rewards as _clip_rewards  # noqa: E402,F401
 from . import unifiedreward as _unifiedreward  # noqa: E402,F401
 from . import deqa as _deqa  # noqa: E402,F401
+from . import imagereward as _imagereward  # noqa: E402,F401
 
 __all__ = ["Reward", "REWARDS", "register_reward", "build_reward"]
