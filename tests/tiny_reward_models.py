@@ -119,11 +119,11 @@ def tiny_imagereward(out_dir, *, image_size: int = 32, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     vision = BlipVisionModel(BlipVisionConfig(hidden_size=128, intermediate_size=96, num_hidden_layers=2,
                                               num_attention_heads=2, image_size=image_size, patch_size=8,
-                                              layer_norm_eps=1e-6)).eval()
+                                              layer_norm_eps=1e-6, initializer_range=0.2)).eval()
     text = BlipTextModel(BlipTextConfig(vocab_size=len(IMAGEREWARD_WORDS), hidden_size=64, intermediate_size=96,
                                         num_hidden_layers=2, num_attention_heads=1, encoder_hidden_size=128,
                                         max_position_embeddings=40, bos_token_id=None, sep_token_id=None,
-                                        pad_token_id=0), add_pooling_layer=False).eval()
+                                        pad_token_id=0, initializer_range=0.2), add_pooling_layer=False).eval()
     sizes = [64, 1024, 128, 64, 16, 1]
     mlp = torch.nn.ModuleDict({str(i): torch.nn.Linear(a, b) for i, a, b in zip((0, 2, 4, 6, 7), sizes, sizes[1:])})
     sd = {}
