@@ -122,7 +122,16 @@ def _embedded_color_classifier(**kwargs) -> ColorClassifier:
     return EmbeddedColorClassifier(**kwargs)
 
 
+def _register_model_backends():
+    """``mask2former`` detector and ``clip`` colour classifier (opgrpo_stages/geneval_models.py);
+    importing that module is cheap: torch/transformers/mmdet load only when one is built."""
+    from . import geneval_models  # noqa: F401
+
+
 # -- rules --------------------------------------------------------------------
+
+
+_register_model_backends()
 
 
 def relative_position(box_a, box_b, threshold: float = 0.1) -> set[str]:

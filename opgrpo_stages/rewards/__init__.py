@@ -18,6 +18,8 @@ class Reward:
 
     name: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ("images", "prompts", "metadata")
+    # True when the constructor takes ``device``; the score stage then defaults it to runtime.device
+    uses_device: ClassVar[bool] = False
 
     def score(self, images: np.ndarray, prompts: list[str], metadata: list[dict]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -48,5 +50,10 @@ def build_reward(name: str, **kwargs) -> Reward:
 
 from . import geneval as _geneval  # noqa: E402,F401  (registers "geneval")
 from . import simple as _simple  # noqa: E402,F401  (registers "brightness")
+from . import ocr as _ocr  # noqa: E402,F401
+from . import clip_rewards as _clip_rewards  # noqa: E402,F401
+from . import unifiedreward as _unifiedreward  # noqa: E402,F401
+from . import deqa as _deqa  # noqa: E402,F401
+from . import imagereward as _imagereward  # noqa: E402,F401
 
 __all__ = ["Reward", "REWARDS", "register_reward", "build_reward"]

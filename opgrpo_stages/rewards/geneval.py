@@ -21,10 +21,12 @@ class GenevalReward(Reward):
 
     def __init__(self, detector: str = "embedded", world: Mapping[str, Any] | None = None,
                  color_classifier: str | None = None, detector_kwargs: Mapping[str, Any] | None = None,
-                 **eval_kwargs):
+                 color_classifier_kwargs: Mapping[str, Any] | None = None, **eval_kwargs):
         """``world``: WorldSpec dict for the embedded backends (ignored by others
         unless they accept ``spec``). ``color_classifier``: name of a registered
-        classifier; None uses the colours the detector attaches. ``eval_kwargs``
+        classifier (``embedded``, ``clip``) built with ``color_classifier_kwargs``; None uses the
+        colours the detector attaches. ``detector``: ``embedded`` or ``mask2former`` (built with
+        ``detector_kwargs``: checkpoint, config, device). ``eval_kwargs``
         go to :func:`opgrpo_stages.geneval.evaluate_image` (thresholds, quirk flag)."""
         kw = dict(detector_kwargs or {})
         if detector == "embedded":
@@ -32,7 +34,9 @@ class GenevalReward(Reward):
         self.detector = G.build_detector(detector, **kw)
         self.color_classifier = None
         if color_classifier is not None:
-            ckw = {"spec": world} if color_classifier == "embedded" else {}
+            ckw = dict(color_classifier_kwargs or {})
+            if color_classifier == "embedded":
+                ckw.setdefault("spec", world)
             self.color_classifier = G.build_color_classifier(color_classifier, **ckw)
         self.eval_kwargs = eval_kwargs
 

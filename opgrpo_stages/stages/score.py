@@ -23,6 +23,8 @@ def build_terms(cfg: dict) -> dict:
         opts = dict(cfg["reward"]["options"].get(name, {}))
         if name == "geneval":
             opts.setdefault("world", cfg["world"])
+        if getattr(REWARDS[name], "uses_device", False):
+            opts.setdefault("device", cfg.get("runtime", {}).get("device", "cpu"))
         terms[name] = build_reward(name, **opts)
     return terms
 
@@ -34,6 +36,9 @@ def score_images(cfg: dict, images, prompts: list[str], metadata: list[dict], te
     total = np.zeros(len(prompts), np.float64)
     for name, term in terms.items():
         out = term(images, prompts, metadata)
+        clash = (set(out) & set(cols)) | ({"reward"} & set(out))
+        if clash:
+            raise ValueError(f"reward {name!r} writes columns {sorted(clash)} that another term already wrote")
         cols.update(out)
         total += cfg["reward"]["terms"][name] * np.asarray(out[next(iter(out))], np.float64)
     cols["reward"] = total
