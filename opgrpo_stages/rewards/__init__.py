@@ -48,5 +48,6 @@ def build_reward(name: str, **kwargs) -> Reward:
 
 from . import geneval as _geneval  # noqa: E402,F401  (registers "geneval")
 from . import simple as _simple  # noqa: E402,F401  (registers "brightness")
+from . import t2i_compbench as _t2i_compbench  # noqa: E402,F401  (registers "t2i_compbench")
 
 __all__ = ["Reward", "REWARDS", "register_reward", "build_reward"]
