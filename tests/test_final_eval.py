@@ -142,3 +142,18 @@ def test_paper_tables_layout(tmp_path, monkeypatch):
     assert pd.read_csv(out["table1_csv"]).shape == (3, 9)
     md = open(out["table2_md"]).read()
     assert "| 2D-Spatial |" in md and "unavailable (no detector)" in md
+
+
+def test_cli_final_eval_base(base_eval):
+    import yaml
+
+    from opgrpo_stages.cli import main
+    from opgrpo_stages.formats import tables
+
+    cfg = tiny_config(eval={"metrics": ["brightness"]})
+    with open("config.yaml", "w") as f:
+        yaml.safe_dump(cfg, f)
+    L_path = L.final_eval("base", "base")
+    assert main(["final_eval", "--run", "base", "--config", "config.yaml"]) == 0
+    df = tables.read(L_path, "final_eval").set_index("metric")
+    assert df.loc["brightness", "status"] == "ok"

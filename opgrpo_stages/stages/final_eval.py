@@ -75,8 +75,11 @@ def _build_metrics(cfg: dict) -> tuple[dict, dict]:
                 raise ConfigError(f"eval.metrics: unknown metric {name!r}; known: {sorted(REWARDS)}")
             missing[name] = f"reward {name!r} is not installed in this version"
             continue
+        opts = dict(cfg["reward"]["options"].get(name, {}))
+        if name == "geneval":  # as the score stage does: the embedded backends need the world
+            opts.setdefault("world", cfg["world"])
         try:
-            built[name] = build_reward(name, **cfg["reward"]["options"].get(name, {}))
+            built[name] = build_reward(name, **opts)
         except ModelPathError as e:
             missing[name] = str(e)
     return built, missing
