@@ -65,3 +65,17 @@ def tiny_clip(folder) -> Path:
     model.save_pretrained(folder)
     proc.save_pretrained(folder)
     return folder
+
+
+def tiny_dpt(folder) -> Path:
+    import torch
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    folder = Path(folder)
+    torch.manual_seed(0)
+    cfg = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=37, image_size=32,
+                    patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 8, 8, 8],
+                    fusion_hidden_size=8, reassemble_factors=[4, 2, 1, 0.5])
+    DPTForDepthEstimation(cfg).eval().save_pretrained(folder)
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(folder)
+    return folder

@@ -157,3 +157,41 @@ def test_cli_final_eval_base(base_eval):
     assert main(["final_eval", "--run", "base", "--config", "config.yaml"]) == 0
     df = tables.read(L_path, "final_eval").set_index("metric")
     assert df.loc["brightness", "status"] == "ok"
+
+
+class _AnyTextBackbone:
+    """The tiny backbone, conditioned on a fixed world prompt whatever the text: stands for a
+    free-text backbone so the T2I-CompBench++ sampling path runs end to end."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode_prompts(self, prompts):
+        return self.inner.encode_prompts([{"prompt": "a photo of a square"} for _ in prompts])
+
+
+def test_t2i_category_sampled_and_scored(base_eval, tmp_path_factory, monkeypatch):
+    from t2icb_tiny_models import tiny_clip
+
+    from opgrpo_stages.stages import evaluate as E
+    from opgrpo_stages.stages.final_eval import final_eval_paths
+    from opgrpo_stages.t2i_compbench import T2ICompBench, benchmark_prompts
+
+    clip = tiny_clip(tmp_path_factory.mktemp("clip") / "clip")
+    real = E.load_eval_backbone
+    monkeypatch.setattr(E, "load_eval_backbone", lambda *a, **k: _AnyTextBackbone(real(*a, **k)))
+    cfg = C.deep_merge(base_eval, {"eval": {"metrics": [], "t2i_compbench": {
+        "categories": ["non_spatial"], "images_per_prompt": 2, "prompts_per_category": 2}},
+        "reward": {"options": {"t2i_compbench": {"clip_path": str(clip)}}}})
+    out = final_eval(cfg, **final_eval_paths(cfg, "base", "base"))["table"].set_index(["table", "metric"])
+    row = out.loc[("table2", "non_spatial")]
+    assert row["status"] == "ok" and row["n_images"] == 4
+    prompts = benchmark_prompts(["non_spatial"], 2)
+    items, images = E.sample_eval_images(cfg, E.load_eval_backbone(cfg), prompts, 2)
+    assert [p["prompt"] for p, _ in items] == [prompts[0]["prompt"]] * 2 + [prompts[1]["prompt"]] * 2
+    want = T2ICompBench(clip_path=str(clip)).score_category("non_spatial", images, [p["prompt"] for p, _ in items])
+    assert row["value"] == pytest.approx(float(np.mean(want)))
+    assert out.loc[("table2", "color"), "reason"] == "not in eval.t2i_compbench.categories"

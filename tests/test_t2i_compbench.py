@@ -178,6 +178,31 @@ def test_spatial_3d_image_score_substring_match_no_floor():
     assert R.spatial_3d_score(o1, o2, rel, dets[1:], depth) == pytest.approx(0.1)  # one object, no 0.5 floor
 
 
+def test_dpt_depth_backend_resizes_and_normalises(tmp_path):
+    import torch
+    from PIL import Image
+    from transformers import DPTForDepthEstimation, DPTImageProcessor
+
+    from opgrpo_stages.t2i_compbench.backends import build_depth
+    from t2icb_tiny_models import tiny_dpt
+
+    path = tiny_dpt(tmp_path / "dpt")
+    ims = np.random.default_rng(5).integers(0, 256, (2, 40, 48, 3), dtype=np.uint8)
+    got = build_depth("dpt", path=path).depth(ims)
+    assert got.shape == (2, 40, 48)
+    model = DPTForDepthEstimation.from_pretrained(path).eval()
+    proc = DPTImageProcessor.from_pretrained(path)
+    for im, g in zip(ims, got):
+        with torch.no_grad():
+            d = model(**proc(images=Image.fromarray(im), return_tensors="pt")).predicted_depth
+        d = torch.nn.functional.interpolate(d[None], size=(40, 48), mode="bilinear", align_corners=True)[0, 0]
+        d = d.double().numpy()
+        np.testing.assert_allclose(g, (d - d.min()) / (d.max() - d.min()), atol=1e-5)
+    assert got.min() == 0.0 and got.max() == pytest.approx(1.0)
+    with pytest.raises(Exception, match="depth_path"):
+        build_depth("dpt", path=None)
+
+
 # -- numeracy --------------------------------------------------------------------------------------
 
 
