@@ -37,7 +37,10 @@ def _pil(images):
 
 
 class BlipVqa:
-    """p(yes) / (p(yes) + p(no)) of BLIP's first answer token (upstream ``vqa_prob``)."""
+    """Probabilities of "yes" and "no" as BLIP's first answer token (upstream ``vqa_prob``; the
+    ratio is taken in :func:`..rules.yes_probability`). The question is encoded as transformers'
+    ``BlipForQuestionAnswering.generate`` does; upstream's LAVIS BLIP additionally replaces the
+    leading [CLS] by its [ENC] token, which the transformers port does not use."""
 
     def __init__(self, path, *, device: str = "cpu", batch_size: int = 16, key: str = "vqa_path"):
         import torch
