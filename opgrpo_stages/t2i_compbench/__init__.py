@@ -1,6 +1,6 @@
 """T2I-CompBench++ (Huang et al.): eight compositional categories, each with its own metric.
 
-Prompts: the validation sets shipped in ``opgrpo_stages/assets/t2i_compbench/`` (MIT), scored
+Prompts: the validation sets shipped in ``opgrpo_stages/data/t2i_compbench/`` (MIT), scored
 with 10 images per prompt by default. Formulas: :mod:`.rules`; models: :mod:`.backends`.
 
     category      metric                                     models
@@ -23,7 +23,7 @@ import numpy as np
 
 from . import rules as R
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "t2i_compbench"
+ASSETS = Path(__file__).resolve().parent.parent / "data" / "t2i_compbench"
 CATEGORIES = ("color", "shape", "texture", "spatial", "3d_spatial", "numeracy", "non_spatial", "complex")
 NEEDS = {"color": ("vqa",), "shape": ("vqa",), "texture": ("vqa",), "spatial": ("detector",),
          "3d_spatial": ("detector", "depth"), "numeracy": ("detector",), "non_spatial": ("clip",),
