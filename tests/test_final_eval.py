@@ -26,6 +26,15 @@ if "test_needs_model" not in REWARDS:
             return {"test_needs_model": np.ones(len(prompts))}
 
 
+if "test_lazy_model" not in REWARDS:
+    @register_reward("test_lazy_model")
+    class _LazyModel(Reward):
+        """Finds its model missing only when scoring."""
+
+        def score(self, images, prompts, metadata):
+            raise ModelPathError("reward.options.test_lazy_model.path does not exist")
+
+
 def _cfg(**eval_over):
     return C.resolve_run(tiny_config(train={"iterations": 6}, eval={"every": 2, **eval_over}), "flowgrpo")
 
@@ -47,7 +56,7 @@ def base_eval(tmp_path, monkeypatch):
     from opgrpo_stages.stages.prompts import make_prompts
 
     monkeypatch.chdir(tmp_path)
-    cfg = C.resolve_run(tiny_config(eval={"metrics": ["brightness", "test_needs_model", "pickscore"],
+    cfg = C.resolve_run(tiny_config(eval={"metrics": ["brightness", "test_needs_model", "pickscore", "test_lazy_model"],
                                           "t2i_compbench": {"categories": ["color", "numeracy"]}}),
                         "flowgrpo")
     make_prompts(cfg, "heldout", L.prompts("heldout"))
@@ -72,6 +81,7 @@ def test_final_eval_scores_available_metrics_and_marks_the_rest(base_eval):
     assert t.loc[("table1", "brightness"), "n_images"] == len(ev)
     miss = t.loc[("table1", "test_needs_model")]
     assert miss["status"] == "unavailable" and math.isnan(miss["value"]) and "path is not set" in miss["reason"]
+    assert "does not exist" in t.loc[("table1", "test_lazy_model"), "reason"]
     if "pickscore" not in REWARDS:
         assert "not installed" in t.loc[("table1", "pickscore"), "reason"]
     assert "vqa_path is not set" in t.loc[("table2", "color"), "reason"]

@@ -92,6 +92,7 @@ def final_eval(cfg: dict, *, model: str, checkpoint: str, prompts_path, eval_tab
     import numpy as np
     import pandas as pd
 
+    from ..errors import ModelPathError
     from ..formats import prompts as prompts_fmt
     from ..formats import tables
     from .common import log, setup_torch
@@ -126,7 +127,11 @@ def final_eval(cfg: dict, *, model: str, checkpoint: str, prompts_path, eval_tab
         texts = [p["prompt"] for p, _ in items]
         meta = [{kk: v for kk, v in p.items() if kk != "id"} for p, _ in items]
         for name, reward in built.items():
-            col = reward(images, texts, meta)
+            try:
+                col = reward(images, texts, meta)
+            except ModelPathError as e:  # a reward that loads its model lazily
+                missing[name] = str(e)
+                continue
             rows.append(_row(model, checkpoint, k, "table1", name, float(np.mean(col[next(iter(col))])),
                              n=len(images)))
     rows += [_row(model, checkpoint, k, "table1", name, reason=why) for name, why in missing.items()]
