@@ -209,6 +209,9 @@ def test_dpt_depth_backend_resizes_and_normalises(tmp_path):
 def test_numeracy_parse_and_score():
     objs = R.numeracy_objects("three peaches, one mouse and two mice")
     assert objs == [("peach", 3), ("mouse", 1), ("mouse", 2)]
+    assert R.numeracy_objects("six people gathered for a picnic") == [("person", 6)]
+    assert R.numeracy_objects("a chicken, four birds, and four microphones sang a lively tune") == [
+        ("chicken", 1), ("bird", 4), ("microphone", 4)]
     objs = R.numeracy_objects("two dogs and a boy")
     assert objs == [("dog", 2), ("boy", 1)]
     dogs = [det("dog", (0, 0, 10, 10)), det("dog", (50, 50, 60, 60))]

@@ -58,7 +58,7 @@ COMPLEX_RELATIONS = ("on top of", "on bottom of", "on the left", "on the right",
 NUMBER_WORDS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
                 "eight": 8}
 NUMERACY_ALIASES = {"boy": "person", "girl": "person", "man": "person", "woman": "person", "ship": "boat",
-                    "telivision": "tv", "goldfish": "fish", "painting": "picture"}
+                    "telivision": "tv", "television": "tv", "goldfish": "fish", "painting": "picture"}
 _IRREGULAR_PLURALS = {"mice": "mouse", "people": "person", "men": "man", "women": "woman", "children": "child",
                       "geese": "goose", "teeth": "tooth", "feet": "foot", "knives": "knife", "leaves": "leaf",
                       "wolves": "wolf", "shelves": "shelf", "loaves": "loaf", "scarves": "scarf", "deer": "deer",
@@ -279,15 +279,18 @@ def singular(word: str) -> str:
 
 
 def numeracy_objects(prompt: str) -> list[tuple[str, int]]:
-    """(object, count) pairs: every number word followed by a noun ("two apples, one bag" ->
-    [("apple", 2), ("bag", 1)]). Upstream matches the next one or two words against its object
-    list; we take the next word, singularised."""
-    words = _words(prompt)
+    """(object, count) pairs: a number word ("one" .. "eight") followed by a noun, anywhere; "a" /
+    "an" + noun only at the start of a comma/"and" separated part, so that scene words ("gathered
+    for a picnic") are not counted. Upstream matches the next one or two words against its
+    object list instead; we take the next word, singularised. ("two apples, a bag and three mice"
+    -> [("apple", 2), ("bag", 1), ("mouse", 3)])."""
     out = []
-    for i, w in enumerate(words[:-1]):
-        if w in NUMBER_WORDS:
-            nxt = words[i + 1]
-            out.append((nxt if NUMBER_WORDS[w] == 1 else singular(nxt), NUMBER_WORDS[w]))
+    for part in re.split(r",|\band\b", prompt.lower()):
+        words = _words(part)
+        for i, w in enumerate(words[:-1]):
+            if w in NUMBER_WORDS and (w not in ("a", "an") or i == 0):
+                nxt = words[i + 1]
+                out.append((nxt if NUMBER_WORDS[w] == 1 else singular(nxt), NUMBER_WORDS[w]))
     return out
 
 
