@@ -33,7 +33,8 @@ Read from the official evaluators (Karine-Huang/T2I-CompBench) and rewritten:
 * complex (``3_in_1_eval/3_in_1.py``): prompts listed in ``complex_val_spatial.txt``:
   (spatial + attribute) / 2; in ``complex_val_action.txt``: (action + attribute) / 2; otherwise
   (attribute + spatial + action) / 3, with attribute = BLIP-VQA, spatial = the 2D rule (objects
-  around the relation phrase), action = CLIP similarity.
+  around the relation phrase), action = CLIP similarity (upstream first drops the adjectives
+  with spaCy; we score the whole prompt unless metadata gives ``clip_prompt``).
 
 Upstream parses prompts with spaCy (noun chunks, part-of-speech tags); we ship no tagger, so
 :func:`noun_phrases`, :func:`spatial_objects` and :func:`numeracy_objects` are rule-based for the
