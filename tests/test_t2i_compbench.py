@@ -297,3 +297,30 @@ def test_reward_registered_and_dispatches_by_category(tiny_models):
     assert out[1] == pytest.approx(r.bench.score_category("non_spatial", ims[1:], prompts[1:])[0])
     with pytest.raises(ValueError, match="numeracy"):
         r.score(ims[:1], ["two dogs"], [{"category": "numeracy"}])
+
+
+class _FixedDepth:
+    def __init__(self, d):
+        self.d = d
+
+    def depth(self, images):
+        return np.stack([self.d] * len(images))
+
+
+def test_evaluator_wires_detector_and_depth_per_category():
+    dets = [det("dog", (0, 0, 40, 40), 0.9), det("desk", (10, 10, 50, 50), 0.8), det("dog", (60, 0, 63, 3), 0.7)]
+    depth = np.zeros((64, 64))
+    depth[0:40, 0:40] = 1.0
+    bench = T2ICompBench(backends={"detector": _ListDetector(dets), "depth": _FixedDepth(depth)})
+    ims = images(1)
+    s2 = bench.score_category("spatial", ims, ["a dog on the left of a desk"])[0]
+    assert s2 == pytest.approx(R.spatial_2d_score("dog", "desk", "on the left of", dets))
+    s3 = bench.score_category("3d_spatial", ims, ["a dog in front of a desk"])[0]
+    assert s3 == pytest.approx(R.spatial_3d_score("dog", "desk", "in front of", dets, depth)) and s3 > 0.5
+    assert bench.score_category("numeracy", ims, ["two dogs and one desk"])[0] == 1.0
+    assert bench.score_category("numeracy", ims, ["three dogs"])[0] == 0.5
+    # metadata overrides the rule-based parsing
+    assert bench.score_category("numeracy", ims, ["three dogs"], [{"objects": [["dog", 2]]}])[0] == 1.0
+    got = bench.score(np.concatenate([ims, ims]), ["two dogs", "a dog in front of a desk"],
+                      [{"category": "numeracy"}, {"category": "3d_spatial"}])
+    assert got == pytest.approx([1.0, s3])
