@@ -252,8 +252,50 @@ rule evaluate_base:
                      out_grid=output.grid)
 
 
+rule final_eval:  # Table 1/2 metrics of a run's intermediate or best checkpoint (stages/final_eval.py)
+    input:
+        prompts=L.prompts("heldout"),
+        evals=lambda w: [L.eval_table(w.run, k) for k in L.eval_iterations(RUN_CFG[w.run])],
+        policies=lambda w: [L.policy(w.run, k) for k in L.eval_iterations(RUN_CFG[w.run])],
+        optimizers=lambda w: [L.optimizer(w.run, k) for k in L.eval_iterations(RUN_CFG[w.run])],
+    output:
+        table=L.final_eval("{run}", "{checkpoint}"),
+    wildcard_constraints:
+        checkpoint="intermediate|best",
+    log:
+        "logs/{run}/final_{checkpoint}.log",
+    threads: workflow.cores
+    run:
+        from opgrpo_stages.smk import rule_log
+        from opgrpo_stages.stages.final_eval import final_eval, final_eval_paths
+
+        with rule_log(log[0]):
+            final_eval(RUN_CFG[wildcards.run], **final_eval_paths(RUN_CFG[wildcards.run], wildcards.run,
+                                                                  wildcards.checkpoint))
+
+
+rule final_eval_base:
+    input:
+        base_weights,
+        prompts=L.prompts("heldout"),
+        eval=L.eval_table("base", 0),
+    output:
+        table=L.final_eval("base", "base"),
+    log:
+        "logs/base/final.log",
+    threads: workflow.cores
+    run:
+        from opgrpo_stages.smk import rule_log
+        from opgrpo_stages.stages.final_eval import final_eval, final_eval_paths
+
+        with rule_log(log[0]):
+            final_eval(RUN_CFG[FIRST], **final_eval_paths(RUN_CFG[FIRST], "base", "base"))
+
+
 def report_inputs(w):
-    out = {"base": L.eval_table("base", 0)}
+    from opgrpo_stages.stages.report import final_inputs
+
+    out = {"base": L.eval_table("base", 0), "final": final_inputs(EXPERIMENTS[w.exp])}
     for r in EXPERIMENTS[w.exp]:
         n = RUN_CFG[r]["train"]["iterations"]
         out[f"{r}_metrics"] = [L.metrics(r, k) for k in range(n)]
@@ -280,6 +322,12 @@ rule report:
         md="results/{exp}/tables/results.md",
         speed=report("results/{exp}/tables/steps_to_target.csv", category="{exp}", subcategory="Tables",
                      caption="report/speed.rst"),
+        table1_csv=report("results/{exp}/tables/table1.csv", category="{exp}", subcategory="Tables",
+                          caption="report/table1.rst"),
+        table1_md="results/{exp}/tables/table1.md",
+        table2_csv=report("results/{exp}/tables/table2.csv", category="{exp}", subcategory="Tables",
+                          caption="report/table2.rst"),
+        table2_md="results/{exp}/tables/table2.md",
     log:
         "logs/report_{exp}.log",
     run:

@@ -3,6 +3,7 @@
     opgrpo rollout --run flowgrpo --iteration 3            # paths from opgrpo_stages.layout
     opgrpo score --run flowgrpo --iteration 3 --out-rewards /tmp/r.parquet   # override any path
     opgrpo evaluate --run base                             # the base model on held-out prompts
+    opgrpo final_eval --run flowgrpo --checkpoint best     # Table 1/2 metrics of a checkpoint
     opgrpo pretrain                                        # rebuild the embedded base weights
     opgrpo prompts --split train
 
@@ -42,13 +43,15 @@ def _path_params(fn):
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="opgrpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=[*STAGES, "pretrain", "prompts", "report"])
+    parser.add_argument("stage", choices=[*STAGES, "pretrain", "prompts", "report", "final_eval"])
     parser.add_argument("--config", default="config.yaml")
     parser.add_argument("--run", default=None, help="run name (a key of 'runs' in the config; 'base' for evaluate)")
     parser.add_argument("--iteration", type=int, default=None)
     parser.add_argument("--split", default="train", help="prompts: train or heldout")
     parser.add_argument("--out", default=None, help="pretrain/prompts: output path")
     parser.add_argument("--experiment", default="main", help="report: which experiment (results/<experiment>/)")
+    parser.add_argument("--checkpoint", default="best", choices=["intermediate", "best"],
+                        help="final_eval: which checkpoint of the run (ignored for --run base)")
     parser.add_argument("-v", "--verbose", action="store_true")
     known, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if known.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -80,6 +83,14 @@ def main(argv=None) -> int:
                 raise config_mod.ConfigError(f"{known.config}: no experiment {known.experiment!r} "
                                              f"(defined: {sorted(cfg_all['experiments'])})")
             report(cfg_all, cfg_all["experiments"][known.experiment], outputs_for(known.experiment))
+            return 0
+        if known.stage == "final_eval":
+            from .stages.final_eval import final_eval, final_eval_paths
+
+            config_mod.expand_seed_runs(cfg_all)
+            run = known.run or next(iter(cfg_all["runs"]))
+            cfg = config_mod.resolve_run(cfg_all, next(iter(cfg_all["runs"])) if run == "base" else run, known.config)
+            final_eval(cfg, **final_eval_paths(cfg, run, known.checkpoint))
             return 0
         fn = _func(STAGES[known.stage])
         run = known.run or next(iter(cfg_all["runs"]))

@@ -10,6 +10,7 @@ pipeline's rule would.
     runs/<run>/iter_<k>/policy.safetensors, optimizer.safetensors, update_metrics.parquet (policy_update)
     runs/<run>/eval/iter_<k>.parquet, iter_<k>.png     (held-out evaluation of the policy after k)
     runs/base/eval.parquet, eval.png                   (the base model, shared by all runs)
+    runs/<run>/final/{intermediate,best}.parquet, runs/base/final.parquet   (Table 1/2 metrics)
 The policy *after* iteration k lives in iter_<k>; iteration k samples with the policy of k-1
 (or ``init`` for k = 0).
 """
@@ -75,6 +76,11 @@ def eval_table(run, k):
 
 def eval_grid(run, k):
     return eval_table(run, k).replace(".parquet", ".png")
+
+
+def final_eval(run, checkpoint):
+    """Table 1/2 metrics of a run's ``intermediate`` or ``best`` checkpoint, or of the base model."""
+    return f"{RUNS}/base/final.parquet" if run == "base" else f"{RUNS}/{run}/final/{checkpoint}.parquet"
 
 
 def eval_iterations(cfg: dict) -> list[int]:

@@ -55,6 +55,27 @@ def test_main_target_writes_report_and_table(pipeline):
     assert (pipeline / "logs/flowgrpo/iter_00001/policy_update.log").read_text().strip()
 
 
+def test_report_has_paper_tables_with_unavailable_markers(pipeline):
+    import pandas as pd
+
+    t1 = pd.read_csv(pipeline / "results/main/tables/table1.csv")
+    assert list(t1.columns) == ["model", "checkpoint", "step", "GenEval", "Aesthetic", "DeQA", "ImgRwd", "PickScore",
+                                "UniRwd"]
+    assert list(zip(t1["model"], t1["checkpoint"])) == [("base", "base"), ("flowgrpo", "intermediate"),
+                                                        ("opgrpo", "intermediate"), ("flowgrpo", "best"),
+                                                        ("opgrpo", "best")]
+    assert t1["GenEval"].astype(float).between(0, 1).all()
+    for col in ["Aesthetic", "DeQA", "ImgRwd", "PickScore", "UniRwd"]:
+        assert t1[col].str.startswith("unavailable (").all(), col
+    t2 = pd.read_csv(pipeline / "results/main/tables/table2.csv")
+    assert list(t2.columns) == ["model", "checkpoint", "step", "Color", "Shape", "Texture", "2D-Spatial",
+                                "3D-Spatial", "Numeracy", "Non-Spatial", "Complex", "Average"]
+    assert t2.iloc[:, 3:].map(lambda v: v.startswith("unavailable (")).all().all()
+    assert "vqa_path is not set" in t2.loc[0, "Color"]
+    md = (pipeline / "results/main/tables/table1.md").read_text()
+    assert "| GenEval |" in md and "unavailable (" in md
+
+
 def test_deleted_stage_output_is_regenerated_byte_identical(pipeline):
     target = "runs/flowgrpo/iter_00001/rewards.parquet"
     before = _sha(pipeline / target)

@@ -44,7 +44,20 @@ BUFFER = {
     "row": "int",  # row in buffer.safetensors
 }
 
-TABLES = {"samples": SAMPLES, "rewards": REWARDS, "update_metrics": UPDATE_METRICS, "eval": EVAL, "buffer": BUFFER}
+FINAL_EVAL = {  # one row per metric of a checkpoint (stage final_eval)
+    "model": "str",
+    "checkpoint": "str",  # base, intermediate or best
+    "iteration": "int",
+    "table": "str",  # table1 (task + unseen metrics) or table2 (T2I-CompBench++)
+    "metric": "str",
+    "value": "float?",  # NaN when unavailable
+    "status": "str",  # ok or unavailable
+    "reason": "str",  # why unavailable ("" when ok)
+    "n_images": "int",
+}
+
+TABLES = {"samples": SAMPLES, "rewards": REWARDS, "update_metrics": UPDATE_METRICS, "eval": EVAL, "buffer": BUFFER,
+          "final_eval": FINAL_EVAL}
 _UNIQUE = {"samples": "sample_id", "rewards": "sample_id", "buffer": "prompt_id"}
 
 

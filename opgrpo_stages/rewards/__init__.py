@@ -55,5 +55,6 @@ from . import clip_rewards as _clip_rewards  # noqa: E402,F401
 from . import unifiedreward as _unifiedreward  # noqa: E402,F401
 from . import deqa as _deqa  # noqa: E402,F401
 from . import imagereward as _imagereward  # noqa: E402,F401
+from . import t2i_compbench as _t2i_compbench  # noqa: E402,F401  (registers "t2i_compbench")
 
 __all__ = ["Reward", "REWARDS", "register_reward", "build_reward"]

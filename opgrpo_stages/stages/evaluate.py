@@ -10,22 +10,11 @@ from __future__ import annotations
 import json
 
 
-def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, optimizer_path=None) -> dict:
-    import numpy as np
-    import pandas as pd
+def load_eval_backbone(cfg: dict, policy_path=None, optimizer_path=None):
+    """The checkpoint's backbone (the base for ``policy_path=None``), with its EMA weights when
+    ``train.ema`` is enabled and the optimizer file holds them."""
+    from .common import load_backbone
 
-    from ..formats import images as images_fmt
-    from ..formats import prompts as prompts_fmt
-    from ..formats import tables
-    from ..geneval import summarize
-    from ..sampling import per_sample_noise, sample_ode
-    from ..seeding import derive_seed
-    from .common import load_backbone, progress, setup_torch
-    from .score import score_images
-
-    setup_torch(cfg)
-    ec = cfg["eval"]
-    prompts = prompts_fmt.read(prompts_path)
     backbone = load_backbone(cfg, policy_path)
     if optimizer_path is not None and cfg["train"]["ema"]["enabled"]:
         from ..formats import policy as policy_fmt
@@ -35,13 +24,41 @@ def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, 
         ema = policy_fmt.read_optimizer_into(optimizer_path, opt, list(backbone.trainable_parameters()))
         if ema:
             backbone.load_policy_state_dict(ema, f"{optimizer_path} (ema)")
-    items = [(p, k) for p in prompts for k in range(ec["samples_per_prompt"])]
+    return backbone
+
+
+def sample_eval_images(cfg: dict, backbone, prompts: list[dict], samples_per_prompt: int):
+    """(items, uint8 images): ODE samples of every (prompt, k), the noise fixed by ``eval.seed``."""
+    from ..sampling import per_sample_noise, sample_ode
+    from ..seeding import derive_seed
+    from .common import progress
+
+    ec = cfg["eval"]
+    items = [(p, k) for p in prompts for k in range(samples_per_prompt)]
     seeds = [derive_seed(ec["seed"], "eval", 0, "evaluate", p["id"], k) for p, k in items]
     init, _ = per_sample_noise(backbone, seeds, 0)
     cond = backbone.encode_prompts([p for p, _ in items])
     latents = sample_ode(backbone, cond, init, backbone.sigmas(ec["num_steps"]), batch_size=ec["batch_size"],
                          progress=progress)
-    images = backbone.decode(latents)
+    return items, backbone.decode(latents)
+
+
+def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, optimizer_path=None) -> dict:
+    import numpy as np
+    import pandas as pd
+
+    from ..formats import images as images_fmt
+    from ..formats import prompts as prompts_fmt
+    from ..formats import tables
+    from ..geneval import summarize
+    from .common import setup_torch
+    from .score import score_images
+
+    setup_torch(cfg)
+    ec = cfg["eval"]
+    prompts = prompts_fmt.read(prompts_path)
+    backbone = load_eval_backbone(cfg, policy_path, optimizer_path)
+    items, images = sample_eval_images(cfg, backbone, prompts, ec["samples_per_prompt"])
     cols = score_images(cfg, images, [p["prompt"] for p, _ in items],
                         [{k: v for k, v in p.items() if k != "id"} for p, _ in items])
     correct = cols.get("geneval_strict", cols["reward"] >= 1.0) > 0.5

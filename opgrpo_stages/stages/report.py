@@ -7,6 +7,11 @@ Under ``results/<experiment>/``:
 - ``figures/logp_per_step.png``: per-step log-prob of fresh vs replayed samples, truncation marked (Fig. 2).
 - ``figures/clipped_fraction.png``: clipped fraction of fresh and replayed samples per run.
 - ``tables/results.csv|md``: GenEval per tag and overall, base vs each run's last checkpoint.
+- ``tables/table1.csv|md``: the paper's Table 1: base, each run's intermediate and best checkpoint
+  (stage ``final_eval``) on the task metric and Aesthetic, DeQA, ImageReward, PickScore,
+  UnifiedReward; a metric that could not run reads "unavailable (<reason>)".
+- ``tables/table2.csv|md``: the paper's Table 2 (T2I-CompBench++, the eight categories and the
+  paper's average over Color, Shape, 2D/3D-Spatial, Numeracy, Non-Spatial), same rows.
 - ``tables/steps_to_target.csv``: for every run with replay, the fraction of its Flow-GRPO
   partner's iterations (same seed, replay fraction 0) it needs to reach that partner's final
   smoothed held-out reward, and the same on the training reward of fresh samples (replayed
@@ -36,7 +41,81 @@ def outputs_for(exp: str) -> dict:
         "csv": f"{r}/tables/results.csv",
         "md": f"{r}/tables/results.md",
         "speed": f"{r}/tables/steps_to_target.csv",
+        "table1_csv": f"{r}/tables/table1.csv",
+        "table1_md": f"{r}/tables/table1.md",
+        "table2_csv": f"{r}/tables/table2.csv",
+        "table2_md": f"{r}/tables/table2.md",
     }
+
+
+def final_inputs(runs: list[str]) -> list[str]:
+    """The ``final_eval`` tables a report reads: the base model, then every run's checkpoints."""
+    return [L.final_eval("base", "base")] + [L.final_eval(r, c) for c in ("intermediate", "best") for r in runs]
+
+
+TABLE2_COLUMNS = {"color": "Color", "shape": "Shape", "texture": "Texture", "spatial": "2D-Spatial",
+                  "3d_spatial": "3D-Spatial", "numeracy": "Numeracy", "non_spatial": "Non-Spatial",
+                  "complex": "Complex"}
+PAPER_AVERAGE = ("color", "shape", "spatial", "3d_spatial", "numeracy", "non_spatial")  # Table 2's "Average"
+
+
+def _cell(row) -> str:
+    if row["status"] == "ok":
+        return f"{row['value']:.4f}"
+    return f"unavailable ({row['reason']})"
+
+
+def paper_tables(cfg: dict, runs: list[str]):
+    """(Table 1, Table 2) as DataFrames of strings (numbers formatted, unavailable with reasons)."""
+    import pandas as pd
+
+    from ..formats import tables
+    from .final_eval import TABLE1_METRICS, task_metric_name
+
+    task = task_metric_name(cfg)
+    t1, t2 = [], []
+    for path in final_inputs(runs):
+        df = tables.read(path, "final_eval")
+        head = {"model": df["model"].iloc[0], "checkpoint": df["checkpoint"].iloc[0],
+                "step": 0 if df["checkpoint"].iloc[0] == "base" else int(df["iteration"].iloc[0]) + 1}
+        one = {r["metric"]: _cell(r) for _, r in df[df["table"] == "table1"].iterrows()}
+        row1 = {**head, task: one.pop(task)}
+        for name, col in TABLE1_METRICS.items():
+            row1[col] = one.pop(name, "unavailable (not in eval.metrics)")
+        row1.update(one)  # further configured metrics, after the paper's
+        t1.append(row1)
+        two = df[df["table"] == "table2"].set_index("metric")
+        row2 = dict(head)
+        for c, col in TABLE2_COLUMNS.items():
+            row2[col] = _cell(two.loc[c]) if c in two.index else "unavailable (not evaluated)"
+        ok = [c for c in PAPER_AVERAGE if c in two.index and two.loc[c, "status"] == "ok"]
+        row2["Average"] = (f"{sum(float(two.loc[c, 'value']) for c in ok) / len(ok):.4f}" if len(ok) == len(PAPER_AVERAGE)
+                           else "unavailable (needs " + ", ".join(TABLE2_COLUMNS[c] for c in PAPER_AVERAGE) + ")")
+        t2.append(row2)
+    return pd.DataFrame(t1), pd.DataFrame(t2)
+
+
+def _markdown_cells(df) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in r) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_paper_tables(cfg: dict, runs: list[str], out: dict):
+    from ..formats.atomic import atomic_path, write_text
+
+    t1, t2 = paper_tables(cfg, runs)
+    note = ("step: iterations trained (0 = base). intermediate = eval.intermediate or the evaluated iteration "
+            "nearest the middle of the run; best = the evaluated iteration with the highest held-out task score "
+            "(earliest on ties). Unavailable metrics name the missing model or setting.\n")
+    for df, csv, md, title in ((t1, "table1_csv", "table1_md", "Table 1: task metric and unseen metrics"),
+                               (t2, "table2_csv", "table2_md", "Table 2: T2I-CompBench++")):
+        with atomic_path(out[csv]) as tmp:
+            df.to_csv(tmp, index=False)
+        write_text(out[md], f"# {title}\n\n" + _markdown_cells(df) + "\n" + note)
+    return t1, t2
 
 
 def smooth(values, window: int = 5):
@@ -310,8 +389,10 @@ def report(cfg: dict, runs: list[str] | None = None, outputs: dict | None = None
     write_text(out["md"], _markdown(table) + "\n## Steps to Flow-GRPO's final reward\n\n" + head + "\n\n"
                + (_markdown(speed) if not speed.empty else "") + "\n## Clipped fraction\n\n"
                "| run | correction | fresh | replayed |\n|---|---|---|---|\n" + clip_lines + "\n")
+    t1, t2 = write_paper_tables(cfg, runs, out)
+    log.info("Table 1:\n%s", t1.to_string(index=False))
     log.info("results:\n%s", table.to_string(index=False))
     log.info("steps to target:\n%s", head)
     print(table.to_string(index=False))
     print(head)
-    return {"table": table, "speed": speed, "data": data}
+    return {"table": table, "speed": speed, "data": data, "table1": t1, "table2": t2}
