@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 
 
-def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, optimizer_path=None) -> dict:
+def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, optimizer_path=None,
+             embeddings_path=None) -> dict:
     import numpy as np
     import pandas as pd
 
@@ -26,7 +27,7 @@ def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, 
     setup_torch(cfg)
     ec = cfg["eval"]
     prompts = prompts_fmt.read(prompts_path)
-    backbone = load_backbone(cfg, policy_path)
+    backbone = load_backbone(cfg, policy_path, embeddings_path)
     if optimizer_path is not None and cfg["train"]["ema"]["enabled"]:
         from ..formats import policy as policy_fmt
         import torch

@@ -58,7 +58,7 @@ def plan_groups(cfg: dict, iteration: int, prompts: list[dict], buf) -> list[dic
 
 
 def rollout(cfg: dict, iteration: int, *, prompts_path, policy_path, buffer_paths, out_trajectories,
-            out_samples, out_images) -> None:
+            out_samples, out_images, embeddings_path=None) -> None:
     import pandas as pd
     import torch
 
@@ -68,7 +68,7 @@ def rollout(cfg: dict, iteration: int, *, prompts_path, policy_path, buffer_path
     sc = cfg["sampling"]
     prompts = prompts_fmt.read(prompts_path)
     buf = buffer_fmt.read(*buffer_paths) if buffer_paths else None
-    backbone = load_backbone(cfg, policy_path)
+    backbone = load_backbone(cfg, policy_path, embeddings_path)
     sigmas = backbone.sigmas(sc["num_steps"])
     n_steps = sc["num_steps"]
     t_off = cfg["replay"]["truncation"] or n_steps
@@ -106,7 +106,7 @@ def rollout(cfg: dict, iteration: int, *, prompts_path, policy_path, buffer_path
         for n, r in enumerate(kept_rows):
             if r >= 0:
                 kept_latents[n] = buf.latents[r]
-    cond = backbone.encode_prompts([{"prompt": r["prompt"]} for r in rows])
+    cond = backbone.encode_prompts([{"id": r["prompt_id"], "prompt": r["prompt"]} for r in rows])
     latents, logp_old = sample_sde(
         backbone, cond, init, step_noise, sigmas, noise_level=sc["noise_level"], kind=sc["sde"],
         reduction=sc["logp_reduction"], batch_size=sc["batch_size"], kept_latents=kept_latents,
