@@ -288,3 +288,16 @@ def test_real_backbone_rejects_full_finetuning(tiny_sd3_path):
 
     with pytest.raises(ConfigError, match="model.trainable"):
         load_backbone(_cfg("sd3", tiny_sd3_path, trainable="full"))
+
+
+def test_gpu_benchmark_script_runs_tiny_on_cpu(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("sd35_gpu", Path(__file__).resolve().parents[1] / "benchmarks/sd35_gpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.SD35_MEDIUM_TRANSFORMER["num_layers"] == 24 and mod.SD35_MEDIUM_TRANSFORMER["num_attention_heads"] == 24
+    mod.main(["--tiny"])
+    out = capsys.readouterr().out
+    assert "images/s" in out and "samples/s" in out and out.count("TFLOP/s") == 2

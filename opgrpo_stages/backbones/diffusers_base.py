@@ -67,7 +67,28 @@ class DiffusersBackbone(Backbone):
     embed_fields: tuple[str, ...] = ()  # conditioning tensors per prompt, e.g. ("prompt_embeds", "pooled")
 
     def __init__(self, model_cfg: dict, *, device: str = "cpu", prompt_embeddings=None):
+        import json
+
         self.root = check_model_path(model_cfg, self.parts, self.what)
+        self._setup(model_cfg, device, prompt_embeddings)
+        path = self.root / "scheduler" / "scheduler_config.json"
+        self._set_scheduler(json.loads(path.read_text()), path)
+        self._finish(self._load_transformer(), self._load_vae())
+
+    @classmethod
+    def from_components(cls, model_cfg: dict, transformer, vae, scheduler_config: dict, *, device: str = "cpu",
+                        prompt_embeddings=None):
+        """The backbone around already-built modules (benchmarks: random weights of the released size)."""
+        self = cls.__new__(cls)
+        self.root = None
+        self._setup(model_cfg, device, prompt_embeddings)
+        self._set_scheduler(scheduler_config, "scheduler_config")
+        if transformer.dtype != self.dtype:
+            transformer = transformer.to(self.dtype)
+        self._finish(transformer, vae if vae.dtype == torch.float32 else vae.float())
+        return self
+
+    def _setup(self, model_cfg: dict, device, prompt_embeddings):
         if model_cfg.get("trainable", "lora") != "lora":
             raise ConfigError(f"model.trainable: the {self.name} backbone trains a LoRA adapter; set "
                               f"model.trainable: lora (got {model_cfg.get('trainable')!r})")
@@ -79,22 +100,18 @@ class DiffusersBackbone(Backbone):
         self.height, self.width = int(h or self.default_size[0]), int(w or self.default_size[1])
         self._embeddings_path = prompt_embeddings
         self._embeddings = None
-        self._load_scheduler()
-        self.transformer = self._load_transformer()
-        self.vae = self._load_vae()
+
+    def _finish(self, transformer, vae):
+        self.transformer, self.vae = transformer, vae
         self.latent_shape = self._latent_shape()
-        self._add_lora(model_cfg.get("lora") or {})
-        if model_cfg.get("gradient_checkpointing"):
+        self._add_lora(self.cfg.get("lora") or {})
+        if self.cfg.get("gradient_checkpointing"):
             self.transformer.enable_gradient_checkpointing()
         self.module = torch.nn.ModuleDict({"transformer": self.transformer, "vae": self.vae})
         self.module.eval()
 
     # -- loading -------------------------------------------------------------------------
-    def _load_scheduler(self):
-        import json
-
-        path = self.root / "scheduler" / "scheduler_config.json"
-        sched = json.loads(path.read_text())
+    def _set_scheduler(self, sched: dict, path):
         self.shift = flow_shift(sched, path)
         self.num_train_timesteps = int(sched.get("num_train_timesteps", 1000))
         self._scheduler_config = sched

@@ -31,9 +31,9 @@ class WanBackbone(DiffusersBackbone):
     embed_fields = ("prompt_embeds",)
     default_size = (240, 416)  # Flow-GRPO's Wan2.1 OCR setting (33 frames)
 
-    def __init__(self, model_cfg: dict, **kw):
+    def _setup(self, model_cfg: dict, device, prompt_embeddings):
+        super()._setup(model_cfg, device, prompt_embeddings)
         self.num_frames = int(model_cfg.get("num_frames") or 33)
-        super().__init__(model_cfg, **kw)
 
     def _load_transformer(self):
         from diffusers import WanTransformer3DModel
