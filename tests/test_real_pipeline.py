@@ -84,8 +84,22 @@ def _check(wd, kind, image_shape):
 
 
 def test_sd3_pipeline_two_iterations(tmp_path, tiny_sd3_path):
+    import hashlib
+    import os
+
     wd = _run(tmp_path, "sd3", tiny_sd3_path)
     _check(wd, "sd3", (16, 16, 3))
+    _smk(wd, "runs/base/eval.parquet")  # the base model (evaluate_base) on the held-out embeddings
+    # the stage CLI, with its default embeddings path, reproduces the pipeline's rollout bit for bit
+    out = tmp_path / "cli"
+    res = subprocess.run([sys.executable, "-m", "opgrpo_stages.cli", "rollout", "--config", "config.yaml", "--run",
+                          "opgrpo", "--iteration", "1", "--out-trajectories", str(out / "t.safetensors"),
+                          "--out-samples", str(out / "s.parquet"), "--out-images", str(out / "i.safetensors")],
+                         cwd=wd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    sha = [hashlib.sha256(p.read_bytes()).hexdigest()
+           for p in (out / "t.safetensors", wd / "runs/opgrpo/iter_00001/trajectories.safetensors")]
+    assert sha[0] == sha[1]
 
 
 def test_wan_pipeline_two_iterations(tmp_path, tiny_wan_path):
