@@ -65,6 +65,7 @@ class DiffusersBackbone(Backbone):
     default_size: tuple[int, int] = (512, 512)
     parts: dict[str, str] = {}
     embed_fields: tuple[str, ...] = ()  # conditioning tensors per prompt, e.g. ("prompt_embeds", "pooled")
+    lora_targets: list[str] = []  # Flow-GRPO's adapter targets, when model.lora.target_modules is unset
 
     def __init__(self, model_cfg: dict, *, device: str = "cpu", prompt_embeddings=None):
         import json
@@ -122,7 +123,7 @@ class DiffusersBackbone(Backbone):
         cfg = self._scheduler_config
         if cfg.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
             sched = FlowMatchEulerDiscreteScheduler.from_config(cfg)
-        else:  # Wan ships UniPC; its flow sigmas are the same shifted schedule
+        else:  # Wan ships UniPC (flow sigmas from 0.9997); the SDE wants the flow-match schedule from 1
             sched = FlowMatchEulerDiscreteScheduler(shift=self.shift, num_train_timesteps=self.num_train_timesteps)
         sched.set_timesteps(num_steps)
         return sched.sigmas.float().cpu()
