@@ -97,6 +97,33 @@ rule pretrain_base:
             pretrain(RUN_CFG[FIRST], output.weights, output.log_json)
 
 
+rule embed_prompts:
+    input:
+        prompts=L.prompts("{split}"),
+    output:
+        L.prompt_embeddings("{split}"),
+    log:
+        "logs/embed_prompts_{split}.log",
+    threads: workflow.cores
+    run:
+        from opgrpo_stages.smk import rule_log
+        from opgrpo_stages.stages.embed_prompts import embed_prompts
+
+        with rule_log(log[0]):
+            embed_prompts(RUN_CFG[FIRST], prompts_path=input.prompts, out_embeddings=output[0])
+
+
+def prompt_embeddings(split):
+    """The embed_prompts output for backbones that read precomputed embeddings (sd3, wan), else none."""
+    from opgrpo_stages.backbones import uses_prompt_embeddings
+
+    return lambda w: [L.prompt_embeddings(split)] if uses_prompt_embeddings(cfg_of(w.get("run", FIRST))["model"]) else []
+
+
+def first_or_none(files):
+    return files[0] if len(files) else None
+
+
 def base_weights(_w=None):
     return [config["model"]["base_weights"]] if config["model"]["base_weights"] else []
 
@@ -125,6 +152,7 @@ rule rollout:
         prompts=L.prompts("train"),
         policy=lambda w: L.policy(w.run, K(w) - 1),
         buffer=lambda w: L.buffer(w.run, K(w) - 1),
+        embeddings=prompt_embeddings("train"),
     output:
         trajectories=L.trajectories("{run}", "{iter}"),
         samples=L.samples("{run}", "{iter}"),
@@ -142,7 +170,8 @@ rule rollout:
 
         run_stage("rollout", rollout, RUN_CFG[wildcards.run], K(wildcards), dict(
             prompts_path=input.prompts, policy_path=input.policy, buffer_paths=tuple(input.buffer),
-            out_trajectories=output.trajectories, out_samples=output.samples, out_images=output.images), log[0])
+            out_trajectories=output.trajectories, out_samples=output.samples, out_images=output.images,
+            embeddings_path=first_or_none(input.embeddings)), log[0])
 
 
 rule score:
@@ -192,6 +221,7 @@ rule policy_update:
         trajectories=rules.rollout.output.trajectories,
         samples=rules.rollout.output.samples,
         rewards=rules.score.output.rewards,
+        embeddings=prompt_embeddings("train"),
     output:
         policy=L.policy("{run}", "{iter}"),
         optimizer=L.optimizer("{run}", "{iter}"),
@@ -210,7 +240,8 @@ rule policy_update:
         run_stage("policy_update", policy_update, RUN_CFG[wildcards.run], K(wildcards), dict(
             policy_path=input.policy, optimizer_path=input.optimizer, trajectories_path=input.trajectories,
             samples_path=input.samples, rewards_path=input.rewards, out_policy=output.policy,
-            out_optimizer=output.optimizer, out_metrics=output.metrics), log[0])
+            out_optimizer=output.optimizer, out_metrics=output.metrics,
+            embeddings_path=first_or_none(input.embeddings)), log[0])
 
 
 rule evaluate:
@@ -218,6 +249,7 @@ rule evaluate:
         prompts=L.prompts("heldout"),
         policy=rules.policy_update.output.policy,
         optimizer=rules.policy_update.output.optimizer,
+        embeddings=prompt_embeddings("heldout"),
     output:
         table=L.eval_table("{run}", "{iter}"),
         grid=L.eval_grid("{run}", "{iter}"),
@@ -230,13 +262,15 @@ rule evaluate:
 
         with rule_log(log[0]):
             evaluate(RUN_CFG[wildcards.run], prompts_path=input.prompts, policy_path=input.policy,
-                     optimizer_path=input.optimizer, out_table=output.table, out_grid=output.grid)
+                     optimizer_path=input.optimizer, out_table=output.table, out_grid=output.grid,
+                     embeddings_path=first_or_none(input.embeddings))
 
 
 rule evaluate_base:
     input:
         base_weights,
         prompts=L.prompts("heldout"),
+        embeddings=prompt_embeddings("heldout"),
     output:
         table=L.eval_table("base", 0),
         grid=L.eval_grid("base", 0),
@@ -249,7 +283,7 @@ rule evaluate_base:
 
         with rule_log(log[0]):
             evaluate(RUN_CFG[FIRST], prompts_path=input.prompts, policy_path=None, out_table=output.table,
-                     out_grid=output.grid)
+                     out_grid=output.grid, embeddings_path=first_or_none(input.embeddings))
 
 
 rule final_eval:  # Table 1/2 metrics of a run's intermediate or best checkpoint (stages/final_eval.py)
@@ -258,6 +292,7 @@ rule final_eval:  # Table 1/2 metrics of a run's intermediate or best checkpoint
         evals=lambda w: [L.eval_table(w.run, k) for k in L.eval_iterations(RUN_CFG[w.run])],
         policies=lambda w: [L.policy(w.run, k) for k in L.eval_iterations(RUN_CFG[w.run])],
         optimizers=lambda w: [L.optimizer(w.run, k) for k in L.eval_iterations(RUN_CFG[w.run])],
+        embeddings=prompt_embeddings("heldout"),
     output:
         table=L.final_eval("{run}", "{checkpoint}"),
     wildcard_constraints:
@@ -279,6 +314,7 @@ rule final_eval_base:
         base_weights,
         prompts=L.prompts("heldout"),
         eval=L.eval_table("base", 0),
+        embeddings=prompt_embeddings("heldout"),
     output:
         table=L.final_eval("base", "base"),
     log:

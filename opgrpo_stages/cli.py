@@ -6,6 +6,7 @@
     opgrpo final_eval --run flowgrpo --checkpoint best     # Table 1/2 metrics of a checkpoint
     opgrpo pretrain                                        # rebuild the embedded base weights
     opgrpo prompts --split train
+    opgrpo embed_prompts --split train                     # text-encoder embeddings (sd3, wan)
 
 Every path a stage reads or writes is an option (``--policy-path``, ``--out-samples`` ...);
 ``opgrpo <stage> --help`` lists them with their defaults for the given run and iteration.
@@ -43,12 +44,12 @@ def _path_params(fn):
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="opgrpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=[*STAGES, "pretrain", "prompts", "report", "final_eval"])
+    parser.add_argument("stage", choices=[*STAGES, "pretrain", "prompts", "embed_prompts", "report", "final_eval"])
     parser.add_argument("--config", default="config.yaml")
     parser.add_argument("--run", default=None, help="run name (a key of 'runs' in the config; 'base' for evaluate)")
     parser.add_argument("--iteration", type=int, default=None)
-    parser.add_argument("--split", default="train", help="prompts: train or heldout")
-    parser.add_argument("--out", default=None, help="pretrain/prompts: output path")
+    parser.add_argument("--split", default="train", help="prompts, embed_prompts: train or heldout")
+    parser.add_argument("--out", default=None, help="pretrain/prompts/embed_prompts: output path")
     parser.add_argument("--experiment", default="main", help="report: which experiment (results/<experiment>/)")
     parser.add_argument("--checkpoint", default="best", choices=["intermediate", "best"],
                         help="final_eval: which checkpoint of the run (ignored for --run base)")
@@ -74,6 +75,13 @@ def main(argv=None) -> int:
 
             cfg = config_mod.resolve_run(cfg_all, next(iter(cfg_all["runs"])), known.config)
             make_prompts(cfg, known.split, known.out or layout.prompts(known.split))
+            return 0
+        if known.stage == "embed_prompts":
+            from .stages.embed_prompts import embed_prompts
+
+            cfg = config_mod.resolve_run(cfg_all, next(iter(cfg_all["runs"])), known.config)
+            embed_prompts(cfg, prompts_path=layout.prompts(known.split),
+                          out_embeddings=known.out or layout.prompt_embeddings(known.split))
             return 0
         if known.stage == "report":
             from .stages.report import outputs_for, report

@@ -185,8 +185,8 @@ def launch_command(stage: str, config_path, run: str, iteration: int, paths: dic
            "--main_process_port", str(_free_port()),  # user accelerate config; mixed precision is the backbone's
            "-m", "opgrpo_stages.cli", stage, "--config", str(config_path), "--run", run, "--iteration", str(iteration)]
     for name, value in paths.items():
-        if value is None:
-            raise ValueError(f"launch {stage}: path {name} is None (only file paths can be passed to the CLI)")
+        if value is None:  # not used by this run (e.g. no prompt-embeddings file): the CLI default applies
+            continue
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         cmd += ["--" + name.replace("_", "-"), *(str(v) for v in values)]
     return cmd

@@ -3,6 +3,7 @@ the stage CLIs, so ``opgrpo rollout --run R --iteration K`` touches exactly the 
 pipeline's rule would.
 
     runs/prompts/{train,heldout}.jsonl
+    runs/prompts/{train,heldout}.embeddings.safetensors   (embed_prompts; real backbones only)
     runs/<run>/init/{policy,optimizer,buffer}.safetensors, buffer.parquet
     runs/<run>/iter_<k>/trajectories.safetensors, samples.parquet, images.safetensors   (rollout)
     runs/<run>/iter_<k>/rewards.parquet                                                 (score)
@@ -27,6 +28,10 @@ def fmt(k) -> str:
 
 def prompts(split: str) -> str:
     return f"{RUNS}/prompts/{split}.jsonl"
+
+
+def prompt_embeddings(split: str) -> str:
+    return f"{RUNS}/prompts/{split}.embeddings.safetensors"
 
 
 def iter_dir(run: str, k: int) -> str:
@@ -96,7 +101,8 @@ def stage_paths(stage: str, run: str, k: int) -> dict:
     """Keyword arguments (paths) of a stage function for run ``run``, iteration ``k``."""
     if stage == "rollout":
         return dict(prompts_path=prompts("train"), policy_path=policy(run, k - 1), buffer_paths=buffer(run, k - 1),
-                    out_trajectories=trajectories(run, k), out_samples=samples(run, k), out_images=images(run, k))
+                    out_trajectories=trajectories(run, k), out_samples=samples(run, k), out_images=images(run, k),
+                    embeddings_path=prompt_embeddings("train"))
     if stage == "score":
         return dict(images_path=images(run, k), samples_path=samples(run, k), out_rewards=rewards(run, k))
     if stage == "buffer_update":
@@ -107,12 +113,13 @@ def stage_paths(stage: str, run: str, k: int) -> dict:
         return dict(policy_path=policy(run, k - 1), optimizer_path=optimizer(run, k - 1),
                     trajectories_path=trajectories(run, k), samples_path=samples(run, k),
                     rewards_path=rewards(run, k), out_policy=policy(run, k), out_optimizer=optimizer(run, k),
-                    out_metrics=metrics(run, k))
+                    out_metrics=metrics(run, k), embeddings_path=prompt_embeddings("train"))
     if stage == "init_policy":
         return dict(out_policy=policy(run, -1), out_optimizer=optimizer(run, -1), out_buffer=buffer(run, -1)[0],
                     out_buffer_table=buffer(run, -1)[1])
     if stage == "evaluate":
         return dict(prompts_path=prompts("heldout"), policy_path=None if run == "base" else policy(run, k),
                     optimizer_path=None if run == "base" else optimizer(run, k),
-                    out_table=eval_table(run, k), out_grid=eval_grid(run, k))
+                    out_table=eval_table(run, k), out_grid=eval_grid(run, k),
+                    embeddings_path=prompt_embeddings("heldout"))
     raise ValueError(f"unknown stage {stage!r}")

@@ -19,12 +19,14 @@ def setup_torch(cfg: dict):
     return torch
 
 
-def load_backbone(cfg: dict, policy_path=None):
-    """The backbone with the policy weights from ``policy_path`` (None = the base model)."""
+def load_backbone(cfg: dict, policy_path=None, embeddings_path=None):
+    """The backbone with the policy weights from ``policy_path`` (None = the base model).
+    ``embeddings_path``: the prompt embeddings file (real backbones; the tiny one ignores it)."""
     from ..backbones import build_backbone
     from ..formats import policy as policy_fmt
 
-    backbone = build_backbone(cfg["model"], cfg.get("world"))
+    backbone = build_backbone(cfg["model"], cfg.get("world"), device=cfg["runtime"]["device"],
+                              prompt_embeddings=embeddings_path)
     if policy_path is not None:
         state, _meta = policy_fmt.read_policy(policy_path)
         backbone.load_policy_state_dict(state, str(policy_path))

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 
 
-def load_eval_backbone(cfg: dict, policy_path=None, optimizer_path=None):
+def load_eval_backbone(cfg: dict, policy_path=None, optimizer_path=None, embeddings_path=None):
     """The checkpoint's backbone (the base for ``policy_path=None``), with its EMA weights when
     ``train.ema`` is enabled and the optimizer file holds them."""
     from .common import load_backbone
 
-    backbone = load_backbone(cfg, policy_path)
+    backbone = load_backbone(cfg, policy_path, embeddings_path)
     if optimizer_path is not None and cfg["train"]["ema"]["enabled"]:
         from ..formats import policy as policy_fmt
         import torch
@@ -43,7 +43,8 @@ def sample_eval_images(cfg: dict, backbone, prompts: list[dict], samples_per_pro
     return items, backbone.decode(latents)
 
 
-def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, optimizer_path=None) -> dict:
+def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, optimizer_path=None,
+             embeddings_path=None) -> dict:
     import numpy as np
     import pandas as pd
 
@@ -57,7 +58,7 @@ def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, 
     setup_torch(cfg)
     ec = cfg["eval"]
     prompts = prompts_fmt.read(prompts_path)
-    backbone = load_eval_backbone(cfg, policy_path, optimizer_path)
+    backbone = load_eval_backbone(cfg, policy_path, optimizer_path, embeddings_path)
     items, images = sample_eval_images(cfg, backbone, prompts, ec["samples_per_prompt"])
     cols = score_images(cfg, images, [p["prompt"] for p, _ in items],
                         [{k: v for k, v in p.items() if k != "id"} for p, _ in items])

@@ -86,7 +86,7 @@ def _build_metrics(cfg: dict) -> tuple[dict, dict]:
 
 
 def final_eval(cfg: dict, *, model: str, checkpoint: str, prompts_path, eval_tables: dict, out_table,
-               policies: dict | None = None, optimizers: dict | None = None) -> dict:
+               policies: dict | None = None, optimizers: dict | None = None, embeddings_path=None) -> dict:
     """``eval_tables``: iteration -> held-out eval table of the run (base: {0: its table});
     ``policies``/``optimizers``: iteration -> file (None for the base model)."""
     import numpy as np
@@ -116,7 +116,7 @@ def final_eval(cfg: dict, *, model: str, checkpoint: str, prompts_path, eval_tab
         if backbone is None:
             from .evaluate import load_eval_backbone
 
-            backbone = load_eval_backbone(cfg, (policies or {}).get(k), (optimizers or {}).get(k))
+            backbone = load_eval_backbone(cfg, (policies or {}).get(k), (optimizers or {}).get(k), embeddings_path)
         return backbone
 
     if built:
@@ -188,10 +188,13 @@ def _t2i_rows(cfg, bench, get_backbone, model, checkpoint, k) -> list[dict]:
 
 def final_eval_paths(cfg: dict, run: str, checkpoint: str) -> dict:
     """Keyword arguments (paths) of :func:`final_eval` for ``run`` (or "base")."""
+    from ..backbones import uses_prompt_embeddings
+
+    emb = L.prompt_embeddings("heldout") if uses_prompt_embeddings(cfg["model"]) else None
     if run == "base":
-        return dict(model="base", checkpoint="base", prompts_path=L.prompts("heldout"),
+        return dict(model="base", checkpoint="base", prompts_path=L.prompts("heldout"), embeddings_path=emb,
                     eval_tables={0: L.eval_table("base", 0)}, out_table=L.final_eval("base", "base"))
     its = L.eval_iterations(cfg)
-    return dict(model=run, checkpoint=checkpoint, prompts_path=L.prompts("heldout"),
+    return dict(model=run, checkpoint=checkpoint, prompts_path=L.prompts("heldout"), embeddings_path=emb,
                 eval_tables={k: L.eval_table(run, k) for k in its}, policies={k: L.policy(run, k) for k in its},
                 optimizers={k: L.optimizer(run, k) for k in its}, out_table=L.final_eval(run, checkpoint))

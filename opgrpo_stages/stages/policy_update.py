@@ -48,18 +48,18 @@ def _weights_and_refs(cfg, traj, samples):
 
 
 def policy_update(cfg: dict, iteration: int, *, policy_path, optimizer_path, trajectories_path, samples_path,
-                  rewards_path, out_policy, out_optimizer, out_metrics) -> dict:
+                  rewards_path, out_policy, out_optimizer, out_metrics, embeddings_path=None) -> dict:
     from ..distributed import data_parallel
 
     with data_parallel(cfg) as dp:
         return _policy_update(cfg, iteration, dp, policy_path=policy_path, optimizer_path=optimizer_path,
                               trajectories_path=trajectories_path, samples_path=samples_path,
                               rewards_path=rewards_path, out_policy=out_policy, out_optimizer=out_optimizer,
-                              out_metrics=out_metrics)
+                              out_metrics=out_metrics, embeddings_path=embeddings_path)
 
 
 def _policy_update(cfg, iteration, dp, *, policy_path, optimizer_path, trajectories_path, samples_path,
-                   rewards_path, out_policy, out_optimizer, out_metrics) -> dict:
+                   rewards_path, out_policy, out_optimizer, out_metrics, embeddings_path=None) -> dict:
     import pandas as pd
 
     from ..formats import policy as policy_fmt
@@ -80,7 +80,7 @@ def _policy_update(cfg, iteration, dp, *, policy_path, optimizer_path, trajector
 
         raise ArtifactError(trajectories_path, f"holds {traj.num_samples} trajectories but {samples_path} lists {len(samples)} samples")
 
-    backbone = load_backbone(cfg, policy_path)
+    backbone = load_backbone(cfg, policy_path, embeddings_path)
     params = backbone.trainable_parameters()
     names = list(params)
     opt = torch.optim.AdamW(list(params.values()), lr=tc["lr"], betas=tuple(tc["betas"]), eps=tc["adam_eps"],
@@ -91,7 +91,7 @@ def _policy_update(cfg, iteration, dp, *, policy_path, optimizer_path, trajector
                                            std_mode=tc["std_mode"], clip=tc["adv_clip_max"]), dtype=torch.float32)
     w, ref_logp, kept, n_capped = _weights_and_refs(cfg, traj, samples)
     replay = torch.tensor((samples["source"] == "replay").to_numpy())
-    cond = backbone.encode_prompts([{"prompt": p} for p in samples["prompt"]])
+    cond = backbone.encode_prompts([{"id": i, "prompt": p} for i, p in zip(samples["prompt_id"], samples["prompt"])])
     sig = [float(v) for v in traj.sigmas]
     steps = [j for j in range(traj.num_steps) if bool(traj.train_steps[:, j].all())]
     n = traj.num_samples

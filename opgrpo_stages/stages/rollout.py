@@ -58,16 +58,17 @@ def plan_groups(cfg: dict, iteration: int, prompts: list[dict], buf) -> list[dic
 
 
 def rollout(cfg: dict, iteration: int, *, prompts_path, policy_path, buffer_paths, out_trajectories,
-            out_samples, out_images) -> None:
+            out_samples, out_images, embeddings_path=None) -> None:
     from ..distributed import data_parallel
 
     with data_parallel(cfg) as dp:
         _rollout(cfg, iteration, dp, prompts_path=prompts_path, policy_path=policy_path, buffer_paths=buffer_paths,
-                 out_trajectories=out_trajectories, out_samples=out_samples, out_images=out_images)
+                 out_trajectories=out_trajectories, out_samples=out_samples, out_images=out_images,
+                 embeddings_path=embeddings_path)
 
 
 def _rollout(cfg, iteration, dp, *, prompts_path, policy_path, buffer_paths, out_trajectories, out_samples,
-             out_images) -> None:
+             out_images, embeddings_path=None) -> None:
     import pandas as pd
     import torch
 
@@ -77,7 +78,7 @@ def _rollout(cfg, iteration, dp, *, prompts_path, policy_path, buffer_paths, out
     sc = cfg["sampling"]
     prompts = prompts_fmt.read(prompts_path)
     buf = buffer_fmt.read(*buffer_paths) if buffer_paths else None
-    backbone = load_backbone(cfg, policy_path)
+    backbone = load_backbone(cfg, policy_path, embeddings_path)
     sigmas = backbone.sigmas(sc["num_steps"])
     n_steps = sc["num_steps"]
     t_off = cfg["replay"]["truncation"] or n_steps
@@ -120,7 +121,7 @@ def _rollout(cfg, iteration, dp, *, prompts_path, policy_path, buffer_paths, out
         for n, r in enumerate(kept_rows[mine]):
             if r >= 0:
                 kept_latents[n] = buf.latents[r]
-    cond = backbone.encode_prompts([{"prompt": r["prompt"]} for r in rows[mine]])
+    cond = backbone.encode_prompts([{"id": r["prompt_id"], "prompt": r["prompt"]} for r in rows[mine]])
     latents, logp_old = sample_sde(
         backbone, cond, init, step_noise, sigmas, noise_level=sc["noise_level"], kind=sc["sde"],
         reduction=sc["logp_reduction"], batch_size=sc["batch_size"], kept_latents=kept_latents,

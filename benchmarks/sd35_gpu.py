@@ -1,0 +1,213 @@
+"""SD3.5-Medium throughput of our rollout and policy-update code paths on one GPU.
+
+Builds an SD3Transformer2DModel with the released SD3.5-M config (random weights, bf16) and an
+SD3-sized VAE, wraps them in the project's SD3 backbone (LoRA r 32 / alpha 64 on Flow-GRPO's
+targets, CFG 4.5 inside ``velocity``), then times, at 512 px (64x64 latents) with 10 steps:
+
+* rollout: ``sampling.sample_sde`` (SDE steps + log-probs) and VAE decode -> images/s;
+* policy update: per sample, the trained steps (floor(0.99 * 10) = 9) of the guided forward,
+  Flow-GRPO's SDE log-prob, clipped surrogate, backward, plus the KL reference forward
+  (adapter off), then an AdamW step -> samples/s.
+
+Achieved TFLOP/s = FLOPs counted by ``torch.utils.flop_counter`` on one call / measured time.
+Random prompt embeddings stand in for the text encoders (77 CLIP + 128 T5 tokens, as Flow-GRPO).
+
+    python benchmarks/sd35_gpu.py            # one GPU, bf16, under 5 minutes on an H200
+    python benchmarks/sd35_gpu.py --tiny     # a tiny model on the CPU in seconds (checks the script)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+SD35_MEDIUM_TRANSFORMER = {  # stabilityai/stable-diffusion-3.5-medium transformer/config.json
+    "sample_size": 128, "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 24,
+    "attention_head_dim": 64, "num_attention_heads": 24, "joint_attention_dim": 4096,
+    "caption_projection_dim": 1536, "pooled_projection_dim": 2048, "pos_embed_max_size": 384,
+    "dual_attention_layers": list(range(13)), "qk_norm": "rms_norm",
+}
+SD35_VAE = {  # its vae/config.json
+    "in_channels": 3, "out_channels": 3, "latent_channels": 16, "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 2, "norm_num_groups": 32, "sample_size": 1024, "scaling_factor": 1.5305,
+    "shift_factor": 0.0609, "use_quant_conv": False, "use_post_quant_conv": False,
+}
+SD35_SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
+TINY_TRANSFORMER = {
+    "sample_size": 8, "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 2,
+    "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 32, "caption_projection_dim": 16,
+    "pooled_projection_dim": 32, "pos_embed_max_size": 16, "dual_attention_layers": [0], "qk_norm": "rms_norm",
+}
+TINY_VAE = {**SD35_VAE, "block_out_channels": [8, 8], "down_block_types": ["DownEncoderBlock2D"] * 2,
+            "up_block_types": ["UpDecoderBlock2D"] * 2, "layers_per_block": 1, "norm_num_groups": 4}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build(args, device):
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+
+    from opgrpo_stages.backbones.sd3 import SD3_LORA_TARGETS, SD3Backbone
+
+    tcfg, vcfg = (TINY_TRANSFORMER, TINY_VAE) if args.tiny else (SD35_MEDIUM_TRANSFORMER, SD35_VAE)
+    torch.manual_seed(0)
+    with torch.device(device):  # random init directly on the GPU (2.5B parameters)
+        transformer = SD3Transformer2DModel(**tcfg)
+        vae = AutoencoderKL(**vcfg)
+    model_cfg = {
+        "backbone": "sd3", "trainable": "lora", "dtype": args.dtype, "guidance_scale": 4.5,
+        "height": args.size, "width": args.size, "gradient_checkpointing": args.checkpointing,
+        "decode_batch_size": args.batch, "lora": {"r": 32, "alpha": 64, "target_modules": SD3_LORA_TARGETS},
+    }
+    bb = SD3Backbone.from_components(model_cfg, transformer, vae, SD35_SCHEDULER, device=str(device))
+    n_params = sum(p.numel() for p in transformer.parameters())
+    n_lora = sum(p.numel() for p in bb.trainable_parameters().values())
+    print(f"transformer {n_params / 1e9:.3f} B parameters ({args.dtype}), LoRA {n_lora / 1e6:.1f} M; "
+          f"latent {tuple(bb.latent_shape)}")
+    return bb, tcfg
+
+
+def random_cond(n, tcfg, text_tokens, gen):
+    d, p = tcfg["joint_attention_dim"], tcfg["pooled_projection_dim"]
+    emb = torch.randn(n, text_tokens, d, generator=gen)
+    pooled = torch.randn(n, p, generator=gen)
+    return {"prompt_embeds": emb, "pooled": pooled,
+            "neg_prompt_embeds": torch.randn(1, text_tokens, d, generator=gen).expand(n, -1, -1),
+            "neg_pooled": torch.randn(1, p, generator=gen).expand(n, -1)}
+
+
+def count_flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def bench_rollout(bb, tcfg, args, device):
+    from opgrpo_stages.sampling import per_sample_noise, sample_sde
+
+    gen = torch.Generator().manual_seed(1)
+    n = args.batch * args.rollout_batches
+    cond = random_cond(n, tcfg, args.text_tokens, gen)
+    sigmas = bb.sigmas(args.steps)
+    init, noise = per_sample_noise(bb, list(range(n)), args.steps)
+
+    def run(k):
+        lat, _ = sample_sde(bb, {kk: v[:k] for kk, v in cond.items()}, init[:k], noise[:k], sigmas, noise_level=0.7,
+                            kind="flow_grpo", reduction="mean", batch_size=args.batch)
+        return bb.decode(lat[:, -1])
+
+    run(min(2, n))  # warm-up (kernels, allocator)
+    sync(device)
+    t0 = time.perf_counter()
+    images = run(n)
+    sync(device)
+    dt = time.perf_counter() - t0
+    x = init[:1].to(device)
+    c1 = {k: v[:1] for k, v in cond.items()}
+    with torch.no_grad():
+        f_step = count_flops(lambda: bb.velocity(x, 0.5, c1))  # one image, one guided step (2 forwards)
+        f_dec = count_flops(lambda: bb.decode(init[:1]))
+    flops = n * (args.steps * f_step + f_dec)
+    print(f"rollout: {n} images {images.shape[1]}x{images.shape[2]}, {args.steps} steps, CFG, batch {args.batch}: "
+          f"{dt:.2f} s, {n / dt:.2f} images/s, {flops / dt / 1e12:.3g} TFLOP/s "
+          f"({args.steps * f_step / 1e12:.3g} TFLOP/image in the transformer)")
+    return n / dt
+
+
+def bench_update(bb, tcfg, args, device):
+    from opgrpo_stages.grpo import clipped_surrogate, kl_to_reference
+    from opgrpo_stages.sde import num_train_steps, sde_step, transition_mean
+
+    gen = torch.Generator().manual_seed(2)
+    mb = args.microbatch
+    n = mb * args.update_microbatches
+    cond = random_cond(n, tcfg, args.text_tokens, gen)
+    sig = [float(s) for s in bb.sigmas(args.steps)]
+    steps = list(range(num_train_steps(args.steps, 0.99)))
+    lat = torch.randn((n, args.steps + 1, *bb.latent_shape), generator=gen)
+    logp_old = torch.zeros(n, args.steps)
+    adv = torch.randn(n, generator=gen)
+    params = list(bb.trainable_parameters().values())
+    opt = torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-4)
+
+    def train_chunk(idx, only_step=None):
+        c = {k: v[idx] for k, v in cond.items()}
+        for j in ([only_step] if only_step is not None else steps):
+            x, x_next = lat[idx, j].to(device), lat[idx, j + 1].to(device)
+            v = bb.velocity(x, sig[j], c)
+            st = sde_step(v, x, sig[j], sig[j + 1], noise_level=0.7, sigma_max=sig[1], prev_sample=x_next,
+                          kind="flow_grpo", reduction="mean")
+            per_sample, _, _ = clipped_surrogate(st.log_prob, logp_old[idx, j].to(device), adv[idx].to(device), 1e-4)
+            loss = per_sample.sum() / (n * len(steps))
+            if args.kl_beta > 0:
+                with torch.no_grad(), bb.reference():
+                    v_ref = bb.velocity(x, sig[j], c)
+                mean_ref = transition_mean(x, v_ref, sig[j], sig[j + 1], 0.7, sig[1], "flow_grpo")
+                loss = loss + args.kl_beta * kl_to_reference(st.mean, mean_ref, st.std).sum() / (n * len(steps))
+            loss.backward()
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        for lo in range(0, n, mb):
+            train_chunk(torch.arange(lo, lo + mb))
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+    train_chunk(torch.arange(0, 1), only_step=0)  # warm-up
+    opt.zero_grad(set_to_none=True)
+    sync(device)
+    t0 = time.perf_counter()
+    run()
+    sync(device)
+    dt = time.perf_counter() - t0
+    opt.zero_grad(set_to_none=True)
+    f_sample_step = count_flops(lambda: train_chunk(torch.arange(0, 1), only_step=0))
+    opt.zero_grad(set_to_none=True)
+    flops = n * len(steps) * f_sample_step
+    print(f"policy update: {n} samples x {len(steps)} trained steps, CFG, KL beta {args.kl_beta}, microbatch {mb}"
+          f"{', checkpointing' if args.checkpointing else ''}: {dt:.2f} s, {n / dt:.3f} samples/s, "
+          f"{flops / dt / 1e12:.3g} TFLOP/s ({len(steps) * f_sample_step / 1e12:.3g} TFLOP/sample)")
+    return n / dt
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="tiny model on the CPU, float32 (checks the script)")
+    ap.add_argument("--batch", type=int, default=16, help="rollout samples per transformer call (x2 with CFG)")
+    ap.add_argument("--rollout-batches", type=int, default=2)
+    ap.add_argument("--microbatch", type=int, default=4, help="update samples per forward (x2 with CFG)")
+    ap.add_argument("--update-microbatches", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--kl-beta", type=float, default=0.04)
+    ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the update")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        device, args.dtype, args.size, args.text_tokens = torch.device("cpu"), "float32", 32, 16
+        args.batch, args.rollout_batches, args.microbatch, args.update_microbatches = 2, 1, 1, 2
+        args.steps = min(args.steps, 4)
+        torch.set_num_threads(2)
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA device: run with --tiny to check the script on a CPU")
+        device, args.dtype, args.size, args.text_tokens = torch.device("cuda"), "bfloat16", 512, 77 + 128
+        torch.backends.cuda.matmul.allow_tf32 = True
+        print(torch.cuda.get_device_name(0))
+    t_start = time.perf_counter()
+    bb, tcfg = build(args, device)
+    bench_rollout(bb, tcfg, args, device)
+    bench_update(bb, tcfg, args, device)
+    if device.type == "cuda":
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    print(f"total {time.perf_counter() - t_start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""What the real (diffusers) backbones share: loading from a local snapshot, the LoRA policy,
+classifier-free guidance inside ``velocity``, mixed precision, and prompt embeddings looked up
+in the file the ``embed_prompts`` stage wrote (so no text encoder is loaded after that stage).
+
+A subclass names its snapshot parts and implements ``_forward`` (one transformer call on a
+batch), ``_latent_shape``, ``_decode_batch`` and a ``TextEncoder`` (used by ``embed_prompts``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, ModelPathError
+from .base import Backbone
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+
+
+def check_model_path(model_cfg: dict, parts: dict[str, str], what: str) -> Path:
+    """Fail at once, naming ``model.path`` and the first missing part, before anything loads.
+
+    ``parts``: sub-folder -> the file it must hold (a config), plus its weights where the
+    sub-folder is a model (checked as any *.safetensors / *.bin / sharded index)."""
+    raw = model_cfg.get("path")
+    if not raw:
+        raise ModelPathError(f"model.path is not set: the {what} backbone loads its weights from a local diffusers "
+                             f"directory (a downloaded snapshot); set model.path to it")
+    root = Path(raw).expanduser()
+    if not root.is_dir():
+        raise ModelPathError(f"model.path: {root} is not a directory (expected a local diffusers snapshot of {what})")
+    for sub, cfg_name in parts.items():
+        cfg_file = root / sub / cfg_name
+        if not cfg_file.is_file():
+            raise ModelPathError(f"model.path: {root} is incomplete: missing {sub}/{cfg_name} (expected a diffusers "
+                                 f"snapshot of {what})")
+        if cfg_name == "config.json" and not any(
+            f.name.endswith(WEIGHT_SUFFIXES) for f in (root / sub).iterdir()
+        ):
+            raise ModelPathError(f"model.path: {root} is incomplete: {sub}/ has config.json but no weights "
+                                 f"(*.safetensors or *.bin)")
+    return root
+
+
+def flow_shift(scheduler_config: dict, path) -> float:
+    """The flow-matching shift of a snapshot's scheduler (FlowMatchEuler: ``shift``; Wan's UniPC:
+    ``flow_shift``). Dynamic (resolution-dependent) shifting is not supported: its sigmas need
+    the image sequence length, and SD3.5 and Wan2.1 do not use it."""
+    if scheduler_config.get("use_dynamic_shifting"):
+        raise ModelPathError(f"{path}: use_dynamic_shifting is not supported (SD3.5 and Wan2.1 do not use it)")
+    for key in ("shift", "flow_shift"):
+        if key in scheduler_config:
+            return float(scheduler_config[key])
+    raise ModelPathError(f"{path}: no 'shift' or 'flow_shift' key (expected a flow-matching scheduler)")
+
+
+class DiffusersBackbone(Backbone):
+    """Base of the SD3.5 and Wan2.1 backbones (LoRA policy only)."""
+
+    precomputed_prompts = True  # build_backbone passes the prompt-embeddings file and the device
+    what = "a diffusers model"
+    default_size: tuple[int, int] = (512, 512)
+    parts: dict[str, str] = {}
+    embed_fields: tuple[str, ...] = ()  # conditioning tensors per prompt, e.g. ("prompt_embeds", "pooled")
+    lora_targets: list[str] = []  # Flow-GRPO's adapter targets, when model.lora.target_modules is unset
+
+    def __init__(self, model_cfg: dict, *, device: str = "cpu", prompt_embeddings=None):
+        import json
+
+        self.root = check_model_path(model_cfg, self.parts, self.what)
+        self._setup(model_cfg, device, prompt_embeddings)
+        path = self.root / "scheduler" / "scheduler_config.json"
+        self._set_scheduler(json.loads(path.read_text()), path)
+        self._finish(self._load_transformer(), self._load_vae())
+
+    @classmethod
+    def from_components(cls, model_cfg: dict, transformer, vae, scheduler_config: dict, *, device: str = "cpu",
+                        prompt_embeddings=None):
+        """The backbone around already-built modules (benchmarks: random weights of the released size)."""
+        self = cls.__new__(cls)
+        self.root = None
+        self._setup(model_cfg, device, prompt_embeddings)
+        self._set_scheduler(scheduler_config, "scheduler_config")
+        if transformer.dtype != self.dtype:
+            transformer = transformer.to(self.dtype)
+        self._finish(transformer, vae if vae.dtype == torch.float32 else vae.float())
+        return self
+
+    def _setup(self, model_cfg: dict, device, prompt_embeddings):
+        if model_cfg.get("trainable", "lora") != "lora":
+            raise ConfigError(f"model.trainable: the {self.name} backbone trains a LoRA adapter; set "
+                              f"model.trainable: lora (got {model_cfg.get('trainable')!r})")
+        self.cfg = model_cfg
+        self.device = torch.device(device)
+        self.dtype = DTYPES[model_cfg.get("dtype") or "float32"]
+        self.guidance_scale = float(model_cfg.get("guidance_scale", 4.5))
+        h, w = model_cfg.get("height"), model_cfg.get("width")
+        self.height, self.width = int(h or self.default_size[0]), int(w or self.default_size[1])
+        self._embeddings_path = prompt_embeddings
+        self._embeddings = None
+
+    def _finish(self, transformer, vae):
+        self.transformer, self.vae = transformer, vae
+        self.latent_shape = self._latent_shape()
+        self._add_lora(self.cfg.get("lora") or {})
+        if self.cfg.get("gradient_checkpointing"):
+            self.transformer.enable_gradient_checkpointing()
+        self.module = torch.nn.ModuleDict({"transformer": self.transformer, "vae": self.vae})
+        self.module.eval()
+
+    # -- loading -------------------------------------------------------------------------
+    def _set_scheduler(self, sched: dict, path):
+        self.shift = flow_shift(sched, path)
+        self.num_train_timesteps = int(sched.get("num_train_timesteps", 1000))
+        self._scheduler_config = sched
+
+    def sigmas(self, num_steps: int) -> torch.Tensor:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        cfg = self._scheduler_config
+        if cfg.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
+            sched = FlowMatchEulerDiscreteScheduler.from_config(cfg)
+        else:  # Wan ships UniPC (flow sigmas from 0.9997); the SDE wants the flow-match schedule from 1
+            sched = FlowMatchEulerDiscreteScheduler(shift=self.shift, num_train_timesteps=self.num_train_timesteps)
+        sched.set_timesteps(num_steps)
+        return sched.sigmas.float().cpu()
+
+    def _from_pretrained(self, cls, sub: str, dtype):
+        try:
+            return cls.from_pretrained(str(self.root), subfolder=sub, dtype=dtype, local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelPathError(f"model.path: {self.root}/{sub} could not be loaded as {cls.__name__}: {exc}") from None
+
+    def _load_transformer(self):
+        raise NotImplementedError
+
+    def _load_vae(self):
+        raise NotImplementedError
+
+    def _add_lora(self, lora: dict):
+        from peft import LoraConfig
+
+        conf = LoraConfig(
+            r=int(lora.get("r", 32)),
+            lora_alpha=float(lora.get("alpha", 64)),
+            init_lora_weights="gaussian",
+            target_modules=list(lora.get("target_modules") or self.lora_targets),
+        )
+        self.transformer.requires_grad_(False)
+        with torch.random.fork_rng(devices=[]):  # the same fresh adapter in every process
+            torch.manual_seed(int(lora.get("seed", 0)))
+            self.transformer.add_adapter(conf)
+        for n, p in self.transformer.named_parameters():
+            if "lora_" in n:
+                p.data = p.data.float()  # the policy (and its optimizer state) stays float32
+                p.requires_grad_(True)
+        self.transformer.to(self.device)
+        self.vae.to(self.device)
+
+    # -- prompts -------------------------------------------------------------------------
+    def encode_prompts(self, prompts: list[dict]) -> dict[str, torch.Tensor]:
+        """Conditioning of each prompt ({"id", "prompt"}), from the embeddings file, batch-first;
+        the unconditional (negative-prompt) embeddings ride along under ``neg_<field>``."""
+        from ..formats import prompt_embeddings as emb_fmt
+
+        if self._embeddings is None:
+            if self._embeddings_path is None:
+                raise ConfigError(f"the {self.name} backbone reads prompt embeddings from the file the embed_prompts "
+                                  f"stage writes; this stage was given none (embeddings_path)")
+            self._embeddings = emb_fmt.PromptEmbeddings(self._embeddings_path, backbone=self.name)
+        return self._embeddings.lookup(prompts)
+
+    # -- model ---------------------------------------------------------------------------
+    def _autocast(self):
+        enabled = self.dtype != torch.float32
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
+
+    def velocity(self, x, sigma, cond):
+        """Guided velocity v_u + g (v_c - v_u), float32 on x's device; one transformer call on the
+        stacked [unconditional; conditional] batch. Differentiable (the training forward)."""
+        out_device = x.device
+        n = x.shape[0]
+        x = x.to(self.device, self.dtype)
+        guided = self.guidance_scale != 1.0
+        fields = {k: cond[k] for k in self.embed_fields}
+        if guided:
+            x = torch.cat([x, x])
+            fields = {k: torch.cat([cond["neg_" + k], v]) for k, v in fields.items()}
+        fields = {k: v.to(self.device, self.dtype) for k, v in fields.items()}
+        t = torch.full((x.shape[0],), float(sigma) * self.num_train_timesteps, device=self.device)
+        with self._autocast():
+            out = self._forward(x, t, fields)
+        out = out.float()
+        if guided:
+            uncond, text = out[:n], out[n:]
+            out = uncond + self.guidance_scale * (text - uncond)
+        return out.to(out_device)
+
+    def _forward(self, x, t, fields):
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def decode(self, latents):
+        import numpy as np
+
+        bs = int(self.cfg.get("decode_batch_size") or 8)
+        out = []
+        for lo in range(0, latents.shape[0], bs):
+            pix = self._decode_batch(latents[lo: lo + bs].to(self.device, torch.float32))
+            out.append(((pix.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu())
+        return np.ascontiguousarray(torch.cat(out).numpy())
+
+    # -- policy --------------------------------------------------------------------------
+    def trainable_parameters(self):
+        return {n: p for n, p in self.transformer.named_parameters() if p.requires_grad}
+
+    @contextlib.contextmanager
+    def reference(self):
+        """The base model: the same transformer with the adapter switched off."""
+        self.transformer.disable_adapters()
+        try:
+            yield self
+        finally:
+            self.transformer.enable_adapters()
+
+
+class TextEncoderBase:
+    """Loads a snapshot's text encoders (only) and encodes prompts; used by ``embed_prompts``."""
+
+    fields: tuple[str, ...] = ()
+
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
