@@ -81,33 +81,16 @@ class ColorClassifier(Protocol):
 
 # -- registries (backends are imported lazily: the real ones pull in torch) ---
 
+from .registry import builder, registrar  # noqa: E402
+
 DETECTORS: dict[str, Callable[..., Detector]] = {}
 COLOR_CLASSIFIERS: dict[str, Callable[..., ColorClassifier]] = {}
 
 
-def _registrar(table: dict, kind: str):
-    def register(name: str):
-        def deco(factory):
-            if name in table:
-                raise ValueError(f"{kind} {name!r} already registered")
-            table[name] = factory
-            return factory
-        return deco
-    return register
-
-
-def _builder(table: dict, kind: str):
-    def build(name: str, **kwargs):
-        if name not in table:
-            raise ValueError(f"unknown {kind} {name!r}; known: {sorted(table)}")
-        return table[name](**kwargs)
-    return build
-
-
-register_detector = _registrar(DETECTORS, "detector")
-build_detector = _builder(DETECTORS, "detector")
-register_color_classifier = _registrar(COLOR_CLASSIFIERS, "color classifier")
-build_color_classifier = _builder(COLOR_CLASSIFIERS, "color classifier")
+register_detector = registrar(DETECTORS, "detector")
+build_detector = builder(DETECTORS, "detector")
+register_color_classifier = registrar(COLOR_CLASSIFIERS, "color classifier")
+build_color_classifier = builder(COLOR_CLASSIFIERS, "color classifier")
 
 
 @register_detector("embedded")

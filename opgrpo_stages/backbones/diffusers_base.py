@@ -228,9 +228,26 @@ class DiffusersBackbone(Backbone):
 
 
 class TextEncoderBase:
-    """Loads a snapshot's text encoders (only) and encodes prompts; used by ``embed_prompts``."""
+    """Loads a snapshot's text encoders (only: no transformer, no VAE) through the diffusers
+    pipeline ``pipeline_class()`` and encodes prompts with it; used by ``embed_prompts``."""
 
     fields: tuple[str, ...] = ()
+    parts: dict[str, str] = {}  # snapshot files that must exist (see check_model_path)
+    what: str = ""
+    default_max_sequence_length: int = 256
+
+    @staticmethod
+    def pipeline_class():
+        raise NotImplementedError
+
+    def __init__(self, model_cfg: dict, device: str = "cpu"):
+        root = check_model_path(model_cfg, self.parts, self.what)
+        self.device = torch.device(device)
+        self.max_sequence_length = int(model_cfg.get("max_sequence_length") or self.default_max_sequence_length)
+        self.pipe = self.pipeline_class().from_pretrained(
+            str(root), transformer=None, vae=None, dtype=DTYPES[model_cfg.get("dtype") or "float32"],
+            local_files_only=True,
+        ).to(self.device)
 
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
         raise NotImplementedError

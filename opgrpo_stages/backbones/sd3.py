@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .diffusers_base import DiffusersBackbone, TextEncoderBase, check_model_path
+from .diffusers_base import DiffusersBackbone, TextEncoderBase
 
 SD3_PARTS = {
     "transformer": "config.json",
@@ -74,18 +74,14 @@ class SD3TextEncoder(TextEncoderBase):
 
     fields = ("prompt_embeds", "pooled")
 
-    def __init__(self, model_cfg: dict, device: str = "cpu"):
+    parts = SD3_TEXT_PARTS
+    what = "Stable Diffusion 3.5 (text encoders)"
+    default_max_sequence_length = 256
+
+    @staticmethod
+    def pipeline_class():
         from diffusers import StableDiffusion3Pipeline
-
-        from .diffusers_base import DTYPES
-
-        root = check_model_path(model_cfg, SD3_TEXT_PARTS, "Stable Diffusion 3.5 (text encoders)")
-        self.device = torch.device(device)
-        self.max_sequence_length = int(model_cfg.get("max_sequence_length") or 256)
-        self.pipe = StableDiffusion3Pipeline.from_pretrained(
-            str(root), transformer=None, vae=None, dtype=DTYPES[model_cfg.get("dtype") or "float32"],
-            local_files_only=True,
-        ).to(self.device)
+        return StableDiffusion3Pipeline
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:

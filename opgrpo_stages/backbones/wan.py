@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .diffusers_base import DiffusersBackbone, TextEncoderBase, check_model_path
+from .diffusers_base import DiffusersBackbone, TextEncoderBase
 
 WAN_PARTS = {
     "transformer": "config.json",
@@ -80,18 +80,14 @@ class WanTextEncoder(TextEncoderBase):
 
     fields = ("prompt_embeds",)
 
-    def __init__(self, model_cfg: dict, device: str = "cpu"):
+    parts = WAN_TEXT_PARTS
+    what = "Wan2.1 (text encoder)"
+    default_max_sequence_length = 512
+
+    @staticmethod
+    def pipeline_class():
         from diffusers import WanPipeline
-
-        from .diffusers_base import DTYPES
-
-        root = check_model_path(model_cfg, WAN_TEXT_PARTS, "Wan2.1 (text encoder)")
-        self.device = torch.device(device)
-        self.max_sequence_length = int(model_cfg.get("max_sequence_length") or 512)
-        self.pipe = WanPipeline.from_pretrained(
-            str(root), transformer=None, vae=None, dtype=DTYPES[model_cfg.get("dtype") or "float32"],
-            local_files_only=True,
-        ).to(self.device)
+        return WanPipeline
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:

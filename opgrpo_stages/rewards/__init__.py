@@ -11,6 +11,8 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
+from ..registry import builder, registrar
+
 
 class Reward:
     """Base class. Subclasses set ``name``/``needs`` and implement ``score``;
@@ -29,23 +31,16 @@ class Reward:
 
 
 REWARDS: dict[str, Callable[..., Reward]] = {}
+_register = registrar(REWARDS, "reward")
+build_reward = builder(REWARDS, "reward")
 
 
 def register_reward(name: str):
     """Class decorator: ``@register_reward("x")`` makes ``build_reward("x", ...)`` work."""
     def deco(cls):
-        if name in REWARDS:
-            raise ValueError(f"reward {name!r} already registered")
         cls.name = name
-        REWARDS[name] = cls
-        return cls
+        return _register(name)(cls)
     return deco
-
-
-def build_reward(name: str, **kwargs) -> Reward:
-    if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; known rewards: {sorted(REWARDS)}")
-    return REWARDS[name](**kwargs)
 
 
 from . import geneval as _geneval  # noqa: E402,F401  (registers "geneval")

@@ -125,22 +125,13 @@ class DepthEstimator(Protocol):
         """(N, H, W) per-image min-max normalised depth at image size, larger = nearer."""
 
 
+from ..registry import builder, registrar  # noqa: E402
+
 DEPTH_ESTIMATORS: dict[str, Callable[..., DepthEstimator]] = {}
 
 
-def register_depth(name: str):
-    def deco(factory):
-        if name in DEPTH_ESTIMATORS:
-            raise ValueError(f"depth estimator {name!r} already registered")
-        DEPTH_ESTIMATORS[name] = factory
-        return factory
-    return deco
-
-
-def build_depth(name: str, **kwargs) -> DepthEstimator:
-    if name not in DEPTH_ESTIMATORS:
-        raise ValueError(f"unknown depth estimator {name!r}; known: {sorted(DEPTH_ESTIMATORS)}")
-    return DEPTH_ESTIMATORS[name](**kwargs)
+register_depth = registrar(DEPTH_ESTIMATORS, "depth estimator")
+build_depth = builder(DEPTH_ESTIMATORS, "depth estimator")
 
 
 @register_depth("dpt")
