@@ -51,6 +51,7 @@ def policy_update(cfg: dict, iteration: int, *, policy_path, optimizer_path, tra
                   rewards_path, out_policy, out_optimizer, out_metrics) -> dict:
     import pandas as pd
 
+    from ..faults import fault
     from ..formats import policy as policy_fmt
     from ..formats import tables, trajectories
     from ..grpo import clipped_surrogate, effective_sample_size, group_advantages, kl_to_reference
@@ -126,6 +127,7 @@ def policy_update(cfg: dict, iteration: int, *, policy_path, optimizer_path, tra
             )
         grad_norms.append(float(gn))
         opt.step()
+        fault("policy_update", "step", cfg["run"], iteration)
         if tc["ema"]["enabled"]:
             d = tc["ema"]["decay"]
             with torch.no_grad():
