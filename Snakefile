@@ -33,8 +33,8 @@ onerror:
     S.release_lock_owner()
 
 
+C.validate(config, "config.yaml")  # first: its one-line error names the key (snakemake's is a schema dump)
 validate(config, str(C.SCHEMA_PATH))
-C.validate(config, "config.yaml")
 C.expand_seed_runs(config)  # `seeds:` adds <run>-seed<k> runs and the `seeds` experiment
 RUNS = list(config["runs"])
 EXPERIMENTS = config["experiments"]

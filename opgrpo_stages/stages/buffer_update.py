@@ -82,6 +82,7 @@ def buffer_update(cfg: dict, iteration: int, *, buffer_paths, trajectories_path,
     samples = tables.read(samples_path, "samples")
     rewards = tables.read(rewards_path, "rewards")
     tables.check_aligned(samples_path, samples, rewards_path, rewards)
+    trajectories.check_matches_samples(trajectories_path, traj, samples_path, samples)
     cands = []
     for i in select_candidates(samples, rewards):
         s = samples.iloc[i]

@@ -65,10 +65,7 @@ def policy_update(cfg: dict, iteration: int, *, policy_path, optimizer_path, tra
     samples = tables.read(samples_path, "samples")
     rewards = tables.read(rewards_path, "rewards")
     tables.check_aligned(samples_path, samples, rewards_path, rewards)
-    if traj.num_samples != len(samples):
-        from ..errors import ArtifactError
-
-        raise ArtifactError(trajectories_path, f"holds {traj.num_samples} trajectories but {samples_path} lists {len(samples)} samples")
+    trajectories.check_matches_samples(trajectories_path, traj, samples_path, samples)
 
     backbone = load_backbone(cfg, policy_path)
     params = backbone.trainable_parameters()
