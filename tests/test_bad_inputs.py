@@ -96,7 +96,8 @@ def _truncate(rel, keep=300):
 
 
 def _set(df, col, row, value):
-    df[col] = df[col].astype("float64") if isinstance(value, float) else df[col]
+    if isinstance(value, float):
+        df[col] = df[col].astype("float64")
     df.loc[row, col] = value
     return df
 
@@ -239,3 +240,33 @@ def test_snakemake_refuses_a_bad_config_before_running_anything(tmp_path):
     assert re.search(r"config\.yaml: key 'replay\.fraction': 1\.5 is greater than the maximum of 1", out), out[-3000:]
     assert not (tmp_path / "runs").exists()
 
+
+
+def _poison_replayed_sample(wd):
+    """Sample 0 becomes a replayed one whose stored behaviour log-probs are 1000 nats below the
+    current policy's: its sequence weight exp(sum logp_old - logp_behavior) overflows to inf."""
+    _edit_table(f"{IT}/samples.parquet", lambda d: _set(_set(d, "source", 0, "replay"), "kept_steps", 0, 2))(wd)
+
+    def lower(t):
+        t["logp_behavior"][0, :2] = t["logp_old"][0, :2] - 1000.0
+    _edit_tensors(f"{IT}/trajectories.safetensors", lower)(wd)
+
+
+def test_nan_in_the_update_writes_no_policy_and_resumes_after_a_config_change(valid_dir, tmp_path):
+    wd = tmp_path / "wd"
+    shutil.copytree(valid_dir, wd)
+    _poison_replayed_sample(wd)
+    before = _snapshot(wd)
+    msg = _run_stage(wd, "policy_update", 0, "cli")
+    assert re.search(r"policy_update iteration 0, optimizer step 1 of 2: loss is (nan|inf|-inf) at sampler step 0; "
+                     r"no policy written\. Set replay\.max_weight", msg), msg
+    assert _snapshot(wd) == before
+    _edit_config(replay={"max_weight": 10.0})(wd)  # what the message says to do
+    res = subprocess.run([sys.executable, "-m", "opgrpo_stages.cli", "policy_update", "--run", RUN, "--iteration", "0"],
+                         cwd=wd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    import pandas as pd
+
+    metrics = pd.read_parquet(wd / f"{IT}/update_metrics.parquet")
+    assert metrics["weight_capped"].iloc[0] == 1 and metrics["weight_max"].iloc[0] == 10.0
+    assert (wd / f"{IT}/policy.safetensors").exists()

@@ -22,7 +22,11 @@ from ..errors import OpgrpoError
 
 
 class NumericalError(OpgrpoError, FloatingPointError):
-    pass
+    """A non-finite loss or gradient: the stage stops before writing anything."""
+
+
+_REMEDY = ("Set replay.max_weight (caps the off-policy sequence weight) or lower train.lr in the config, "
+           "then rerun the same command: finished iterations are kept (README: When things go wrong).")
 
 
 def _weights_and_refs(cfg, traj, samples):
@@ -110,8 +114,8 @@ def policy_update(cfg: dict, iteration: int, *, policy_path, optimizer_path, tra
                     kl_sum += float(kl.sum())
                 if not torch.isfinite(loss):
                     raise NumericalError(
-                        f"policy_update iteration {iteration}: non-finite loss at step {j} (minibatch {mb_i}); "
-                        f"no policy written. Lower train.lr or replay.max_weight, then rerun."
+                        f"policy_update iteration {iteration}, optimizer step {mb_i + 1} of {len(minibatches)}: "
+                        f"loss is {float(loss)} at sampler step {j}; no policy written. {_REMEDY}"
                     )
                 loss.backward()
                 loss_sum += loss.item()
@@ -120,7 +124,8 @@ def policy_update(cfg: dict, iteration: int, *, policy_path, optimizer_path, tra
         gn = torch.nn.utils.clip_grad_norm_(list(params.values()), tc["max_grad_norm"])
         if not torch.isfinite(gn):
             raise NumericalError(
-                f"policy_update iteration {iteration}: non-finite gradient norm (minibatch {mb_i}); no policy written."
+                f"policy_update iteration {iteration}, optimizer step {mb_i + 1} of {len(minibatches)}: "
+                f"gradient norm is {float(gn)}; no policy written. {_REMEDY}"
             )
         grad_norms.append(float(gn))
         opt.step()
