@@ -153,11 +153,13 @@ rule rollout:
     run:
         from opgrpo_stages.smk import rule_log
         from opgrpo_stages.stages.rollout import rollout
+        from opgrpo_stages.storage import prune
 
         with rule_log(log[0]):
             rollout(RUN_CFG[wildcards.run], K(wildcards), prompts_path=input.prompts, policy_path=input.policy,
                     buffer_paths=tuple(input.buffer), out_trajectories=output.trajectories,
                     out_samples=output.samples, out_images=output.images)
+            prune(RUN_CFG[wildcards.run], K(wildcards))  # storage.prune: earlier iterations' big files
 
 
 rule score:

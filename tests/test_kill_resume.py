@@ -4,7 +4,8 @@ yet renamed, its first one complete; inside buffer_update; between two outputs o
 after score wrote its output but before Snakemake recorded the job as done; inside
 policy_update, after one optimizer step of two);
 after each kill the same command is run again. The final artifacts must be byte-identical to
-those of an uninterrupted run, and no temporary file may be left behind.
+those of an uninterrupted run, and no temporary file may be left behind. Pruning of old
+iterations' trajectories and images is on, so resuming across it is covered too.
 
 The kills come from the ``OPGRPO_FAULT`` hook (opgrpo_stages/faults.py). Every point lies on the
 dependency chain of the run, so each one is reached in its invocation whatever order Snakemake
@@ -42,7 +43,9 @@ KILLS = [
 
 
 def _config():
-    cfg = tiny_config(train={"iterations": 3}, eval={"every": 2})
+    # pruning on: the rollout of iteration 2 deletes iteration 0's trajectories and images
+    cfg = tiny_config(train={"iterations": 3}, eval={"every": 2},
+                      storage={"prune": True, "keep_last": 1, "keep_every": 2})
     cfg["runs"] = {RUN: {"replay": {"fraction": 0.5, "truncation": 2, "capacity": 4}}}
     return cfg
 
@@ -109,3 +112,4 @@ def test_kill_anywhere_and_rerun_gives_identical_artifacts(reference, tmp_path):
     assert sorted(got) == sorted(ref)
     assert [k for k in ref if got[k] != ref[k]] == []
     assert not [p for p in tmp_path.rglob("*.tmp")], "a temporary file of a killed write was left behind"
+    assert not (tmp_path / I.format(0) / "trajectories.safetensors").exists()  # pruned, and not regenerated
