@@ -3,11 +3,17 @@
 With ``storage.prune`` on, the rollout rule of iteration k deletes ``trajectories.safetensors``
 and ``images.safetensors`` of every earlier iteration j that is neither among the last
 ``keep_last`` (j > k - keep_last) nor a ``keep_every`` one ((j + 1) % keep_every == 0).
+With ``storage.prune_states`` also on, it deletes the same iterations' ``policy``,
+``optimizer`` and ``buffer.safetensors`` too, except for j = k - 1 (the state iteration k
+starts from) and the evaluated iterations (``eval.every``; evaluation may still be pending).
+The Parquet tables (samples, rewards, buffer table, update metrics) are never pruned: the
+report reads them.
 
 Why this is safe: by the time iteration k samples, everything that reads those files (score,
 buffer_update and policy_update of j) has finished, since rollout k needs the policy and buffer
 of k-1. Nothing else reads them: resume needs only the policy, optimizer and buffer of the last
-finished iteration, and the report reads the Parquet tables. Snakemake does not regenerate a
+finished iteration, and the report reads the Parquet tables. The state of iteration j is read
+by iteration j + 1 only (and by its evaluation, never pruned). Snakemake does not regenerate a
 missing intermediate file whose consumers are up to date; it does regenerate it, identically,
 if a consumer must rerun (``snakemake -f`` on a pruned iteration's stage).
 """
@@ -19,7 +25,6 @@ from pathlib import Path
 
 from . import layout as L
 
-PRUNED = ("trajectories", "images")  # layout functions of the big per-iteration files
 
 
 def kept(cfg: dict, j: int, current: int) -> bool:
@@ -33,11 +38,16 @@ def prune(cfg: dict, current: int) -> list[str]:
     if not cfg["storage"]["prune"]:
         return []
     removed = []
+    evaluated = set(L.eval_iterations(cfg))
     for j in range(current):
         if kept(cfg, j, current):
             continue
-        for name in PRUNED:
-            p = Path(getattr(L, name)(cfg["run"], j))
+        run = cfg["run"]
+        files = [L.trajectories(run, j), L.images(run, j)]
+        if cfg["storage"]["prune_states"] and j < current - 1 and j not in evaluated:
+            files += [L.policy(run, j), L.optimizer(run, j), L.buffer(run, j)[0]]
+        for f in files:
+            p = Path(f)
             if p.exists():
                 p.unlink()
                 removed.append(str(p))
