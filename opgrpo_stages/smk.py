@@ -58,7 +58,9 @@ def rule_log(path):
 # exit; a SIGKILLed or pre-empted Snakemake cannot, and the next run then refuses to start
 # ("Directory cannot be locked") until `snakemake --unlock`. We record which lock files a
 # Snakemake process owns (onstart) and, at the next start on the same host, remove the lock
-# files of an owner that is no longer alive, so rerunning the same command resumes.
+# files of an owner that is no longer alive, so rerunning the same command resumes. A lock
+# file is removed only if it is the very file (inode, mtime) the dead owner recorded. Owners
+# on other hosts (a shared file system) are never judged: there `snakemake --unlock` stays.
 _LOCKS = Path(".snakemake/locks")
 
 
