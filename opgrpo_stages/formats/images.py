@@ -27,8 +27,9 @@ def read(path):
     if t.ndim not in (4, 5) or t.shape[-1] != 3:
         from ..errors import ArtifactError
 
-        raise ArtifactError(path, f"tensor 'images' has shape {tuple(t.shape)}, expected (N, H, W, 3) or (N, F, H, W, 3)")
-    return tensors["images"].numpy()
+        raise ArtifactError(path, f"tensor 'images' has shape {tuple(t.shape)}, "
+                                  f"expected (N, H, W, 3) or (N, F, H, W, 3)")
+    return t.numpy()
 
 
 def save_grid(path, images, ncol: int = 8, scale: int = 4, labels: list[str] | None = None) -> None:
