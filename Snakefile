@@ -9,28 +9,28 @@ from snakemake.utils import min_version, validate
 
 from opgrpo_stages import config as C
 from opgrpo_stages import layout as L
-from opgrpo_stages import smk as S
+from opgrpo_stages import locks
 
 min_version("9.20")
 sys.setrecursionlimit(100000)  # long iteration chains recurse deeply in the DAG builder
 
 configfile: "config.yaml"
 
-# a killed earlier run left its locks: rerunning the same command resumes (opgrpo_stages/smk.py)
-for _lock in S.clear_stale_locks():
+# a killed earlier run left its locks: rerunning the same command resumes (opgrpo_stages/locks.py)
+for _lock in locks.clear_stale_locks():
     print(f"opgrpo: removed stale lock .snakemake/locks/{_lock} of a Snakemake process that is gone", file=sys.stderr)
 
 
 onstart:
-    S.record_lock_owner()
+    locks.record_lock_owner()
 
 
 onsuccess:
-    S.release_lock_owner()
+    locks.release_lock_owner()
 
 
 onerror:
-    S.release_lock_owner()
+    locks.release_lock_owner()
 
 
 C.validate(config, "config.yaml")  # first: its one-line error names the key (snakemake's is a schema dump)

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from opgrpo_stages import smk
+from opgrpo_stages import locks
 
 
 def _dead_pid():
@@ -16,15 +16,15 @@ def _dead_pid():
     return p.pid
 
 
-def _owner(pid, locks):
-    d = smk._LOCKS
+def _owner(pid, names):
+    d = locks._LOCKS
     (d / f"opgrpo-owner.{socket.gethostname()}.{pid}.json").write_text(
-        json.dumps({name: smk._identity(d / name) for name in locks}))
+        json.dumps({name: locks._identity(d / name) for name in names}))
 
 
 def test_stale_locks_of_a_dead_owner_are_removed_live_ones_kept(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    d = smk._LOCKS
+    d = locks._LOCKS
     d.mkdir(parents=True)
     for name in ("0.input.lock", "0.output.lock", "1.input.lock", "2.input.lock"):
         (d / name).write_text("runs/x\n")
@@ -36,20 +36,20 @@ def test_stale_locks_of_a_dead_owner_are_removed_live_ones_kept(tmp_path, monkey
     (d / "2.input.lock").write_text("runs/y\n")
     os.utime(d / "2.input.lock", ns=(1, 1))
 
-    assert sorted(smk.clear_stale_locks()) == ["0.input.lock", "0.output.lock"]
+    assert sorted(locks.clear_stale_locks()) == ["0.input.lock", "0.output.lock"]
     assert sorted(p.name for p in d.glob("*.lock")) == ["1.input.lock", "2.input.lock"]
     assert len(list(d.glob("opgrpo-owner.*.json"))) == 1  # only the live owner's record stays
 
 
 def test_record_claims_only_unclaimed_locks(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    d = smk._LOCKS
+    d = locks._LOCKS
     d.mkdir(parents=True)
     (d / "0.input.lock").write_text("a\n")
     _owner(os.getppid(), ["0.input.lock"])
     (d / "1.input.lock").write_text("b\n")
-    smk.record_lock_owner()
-    mine = json.loads(smk._owner_file().read_text())
+    locks.record_lock_owner()
+    mine = json.loads(locks._owner_file().read_text())
     assert list(mine) == ["1.input.lock"]
-    smk.release_lock_owner()
-    assert not smk._owner_file().exists()
+    locks.release_lock_owner()
+    assert not locks._owner_file().exists()
