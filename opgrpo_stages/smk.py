@@ -51,4 +51,3 @@ def rule_log(path):
     finally:
         logger.removeHandler(handler)
         handler.close()
-
