@@ -10,15 +10,32 @@ from snakemake.utils import min_version, validate
 
 from opgrpo_stages import config as C
 from opgrpo_stages import layout as L
+from opgrpo_stages import locks
 
 min_version("9.20")
 sys.setrecursionlimit(100000)  # long iteration chains recurse deeply in the DAG builder
 
 configfile: "config.yaml"
 
+# a killed earlier run left its locks: rerunning the same command resumes (opgrpo_stages/locks.py)
+for _lock in locks.clear_stale_locks():
+    print(f"opgrpo: removed stale lock .snakemake/locks/{_lock} of a Snakemake process that is gone", file=sys.stderr)
 
+
+onstart:
+    locks.record_lock_owner()
+
+
+onsuccess:
+    locks.release_lock_owner()
+
+
+onerror:
+    locks.release_lock_owner()
+
+
+C.validate(config, "config.yaml")  # first: its one-line error names the key (snakemake's is a schema dump)
 validate(config, str(C.SCHEMA_PATH))
-C.validate(config, "config.yaml")
 C.expand_seed_runs(config)  # `seeds:` adds <run>-seed<k> runs and the `seeds` experiment
 RUNS = list(config["runs"])
 EXPERIMENTS = config["experiments"]
@@ -167,11 +184,13 @@ rule rollout:
     run:
         from opgrpo_stages.smk import run_stage
         from opgrpo_stages.stages.rollout import rollout
+        from opgrpo_stages.storage import prune
 
         run_stage("rollout", rollout, RUN_CFG[wildcards.run], K(wildcards), dict(
             prompts_path=input.prompts, policy_path=input.policy, buffer_paths=tuple(input.buffer),
             out_trajectories=output.trajectories, out_samples=output.samples, out_images=output.images,
             embeddings_path=first_or_none(input.embeddings)), log[0])
+        prune(RUN_CFG[wildcards.run], K(wildcards))  # storage.prune: earlier iterations' big files
 
 
 rule score:

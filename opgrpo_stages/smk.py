@@ -7,6 +7,8 @@ import logging
 import threading
 from pathlib import Path
 
+from .faults import fault
+
 
 _IMPORT_LOCK = threading.Lock()
 
@@ -42,6 +44,7 @@ def rule_log(path):
     logger.addHandler(handler)
     try:
         yield logger
+        fault("rule_done", path)  # outputs complete, Snakemake not yet told
     except BaseException:
         logger.exception("stage failed")
         raise

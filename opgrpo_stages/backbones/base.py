@@ -59,6 +59,9 @@ class Backbone:
             for k, p in params.items():
                 if tuple(state[k].shape) != tuple(p.shape):
                     raise ArtifactError(source, f"tensor '{k}' has shape {tuple(state[k].shape)}, model expects {tuple(p.shape)}")
+                if state[k].dtype != p.dtype:  # a silent cast would hide a policy saved at lower precision
+                    raise ArtifactError(source, f"tensor '{k}' has dtype {str(state[k].dtype).removeprefix('torch.')}, "
+                                                f"model expects {str(p.dtype).removeprefix('torch.')}")
                 p.copy_(state[k].to(p.dtype))
 
     @contextlib.contextmanager

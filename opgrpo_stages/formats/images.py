@@ -23,7 +23,13 @@ def write(path, images, meta: dict | None = None) -> None:
 def read(path):
     """Returns a numpy uint8 array."""
     tensors, _meta, _ = tensorfile.read(path, KIND, SCHEMA)
-    return tensors["images"].numpy()
+    t = tensors["images"]
+    if t.ndim not in (4, 5) or t.shape[-1] != 3:
+        from ..errors import ArtifactError
+
+        raise ArtifactError(path, f"tensor 'images' has shape {tuple(t.shape)}, "
+                                  f"expected (N, H, W, 3) or (N, F, H, W, 3)")
+    return t.numpy()
 
 
 def save_grid(path, images, ncol: int = 8, scale: int = 4, labels: list[str] | None = None) -> None:

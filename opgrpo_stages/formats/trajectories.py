@@ -59,6 +59,13 @@ def _check(path, tensors, bound):
             raise ArtifactError(path, f"tensor '{name}' has a non-finite value at index {bad}")
 
 
+def check_matches_samples(path, traj: Trajectories, samples_path, samples) -> None:
+    """Row i of the trajectories is row i of the samples table: the counts must agree."""
+    if traj.num_samples != len(samples):
+        raise ArtifactError(path, f"holds {traj.num_samples} trajectories but {samples_path} lists {len(samples)} "
+                                  f"samples (expected one trajectory per sample, in the same order)")
+
+
 def write(path, traj: Trajectories) -> None:
     tensors = {k: getattr(traj, k) for k in SCHEMA}
     _check(path, tensors, tensorfile.validate(path, KIND, SCHEMA, tensors, {"format": KIND}))

@@ -66,6 +66,7 @@ def update_buffer(buf, candidates: list[dict], *, capacity: int, decay: float):
 
 def buffer_update(cfg: dict, iteration: int, *, buffer_paths, trajectories_path, samples_path, rewards_path,
                   out_buffer, out_buffer_table) -> None:
+    from ..faults import fault
     from ..formats import buffer as buffer_fmt
     from ..formats import tables, trajectories
     from .common import log, setup_torch
@@ -81,6 +82,7 @@ def buffer_update(cfg: dict, iteration: int, *, buffer_paths, trajectories_path,
     samples = tables.read(samples_path, "samples")
     rewards = tables.read(rewards_path, "rewards")
     tables.check_aligned(samples_path, samples, rewards_path, rewards)
+    trajectories.check_matches_samples(trajectories_path, traj, samples_path, samples)
     cands = []
     for i in select_candidates(samples, rewards):
         s = samples.iloc[i]
@@ -90,6 +92,7 @@ def buffer_update(cfg: dict, iteration: int, *, buffer_paths, trajectories_path,
             "latents": traj.latents[i], "logp_behavior": traj.logp_behavior[i],
         })
     new = update_buffer(buf, cands, capacity=rc["capacity"], decay=rc["decay"])
+    fault("buffer_update", "updated", cfg["run"], iteration)
     buffer_fmt.write(out_buffer, out_buffer_table, new, meta)
     log.info("buffer_update %s iter %d: %d entries, mean reward %.3f", cfg["run"], iteration, len(new),
              float(new.table["reward"].mean()) if len(new) else 0.0)

@@ -22,7 +22,11 @@ from ..errors import OpgrpoError
 
 
 class NumericalError(OpgrpoError, FloatingPointError):
-    pass
+    """A non-finite loss or gradient: the stage stops before writing anything."""
+
+
+_REMEDY = ("Set replay.max_weight (caps the off-policy sequence weight) or lower train.lr in the config, "
+           "then rerun the same command: finished iterations are kept (README: When things go wrong).")
 
 
 def _weights_and_refs(cfg, traj, samples):
@@ -62,6 +66,7 @@ def _policy_update(cfg, iteration, dp, *, policy_path, optimizer_path, trajector
                    rewards_path, out_policy, out_optimizer, out_metrics, embeddings_path=None) -> dict:
     import pandas as pd
 
+    from ..faults import fault
     from ..formats import policy as policy_fmt
     from ..formats import tables, trajectories
     from ..grpo import clipped_surrogate, effective_sample_size, group_advantages, kl_to_reference
@@ -75,10 +80,7 @@ def _policy_update(cfg, iteration, dp, *, policy_path, optimizer_path, trajector
     samples = tables.read(samples_path, "samples")
     rewards = tables.read(rewards_path, "rewards")
     tables.check_aligned(samples_path, samples, rewards_path, rewards)
-    if traj.num_samples != len(samples):
-        from ..errors import ArtifactError
-
-        raise ArtifactError(trajectories_path, f"holds {traj.num_samples} trajectories but {samples_path} lists {len(samples)} samples")
+    trajectories.check_matches_samples(trajectories_path, traj, samples_path, samples)
 
     backbone = load_backbone(cfg, policy_path, embeddings_path)
     params = backbone.trainable_parameters()
@@ -124,8 +126,8 @@ def _policy_update(cfg, iteration, dp, *, policy_path, optimizer_path, trajector
                     kl_sum += float(kl.sum())
                 if not torch.isfinite(loss):
                     raise NumericalError(
-                        f"policy_update iteration {iteration}: non-finite loss at step {j} (minibatch {mb_i}); "
-                        f"no policy written. Lower train.lr or replay.max_weight, then rerun."
+                        f"policy_update iteration {iteration}, optimizer step {mb_i + 1} of {len(minibatches)}: "
+                        f"loss is {float(loss)} at sampler step {j}; no policy written. {_REMEDY}"
                     )
                 loss.backward()
                 loss_sum += loss.item()
@@ -135,10 +137,12 @@ def _policy_update(cfg, iteration, dp, *, policy_path, optimizer_path, trajector
         gn = torch.nn.utils.clip_grad_norm_(list(params.values()), tc["max_grad_norm"])
         if not torch.isfinite(gn):
             raise NumericalError(
-                f"policy_update iteration {iteration}: non-finite gradient norm (minibatch {mb_i}); no policy written."
+                f"policy_update iteration {iteration}, optimizer step {mb_i + 1} of {len(minibatches)}: "
+                f"gradient norm is {float(gn)}; no policy written. {_REMEDY}"
             )
         grad_norms.append(float(gn))
         opt.step()
+        fault("policy_update", "step", cfg["run"], iteration)
         if tc["ema"]["enabled"]:
             d = tc["ema"]["decay"]
             with torch.no_grad():

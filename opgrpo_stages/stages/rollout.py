@@ -18,6 +18,7 @@ from ..formats import buffer as buffer_fmt
 from ..formats import images as images_fmt
 from ..formats import prompts as prompts_fmt
 from ..formats import tables, trajectories
+from ..faults import fault
 from ..sampling import per_sample_noise, sample_sde
 from ..sde import num_train_steps
 from ..seeding import derive_seed, numpy_rng
@@ -127,6 +128,7 @@ def _rollout(cfg, iteration, dp, *, prompts_path, policy_path, buffer_paths, out
         reduction=sc["logp_reduction"], batch_size=sc["batch_size"], kept_latents=kept_latents,
         kept_steps=kept_steps, progress=progress,
     )
+    fault("rollout", "sampled", run, iteration)
     images = backbone.decode(latents[:, -1])
     latents, logp_old, images = dp.gather_cat(latents, logp_old, images)
     if not dp.is_main:
@@ -142,6 +144,7 @@ def _rollout(cfg, iteration, dp, *, prompts_path, policy_path, buffer_paths, out
             "logp_reduction": sc["logp_reduction"], "backbone": backbone.name}
     traj = trajectories.Trajectories(latents, sigmas, logp_old, logp_behavior, train_steps, meta)
     trajectories.write(out_trajectories, traj)
+    fault("rollout", "between_outputs", run, iteration)  # first output complete, the others missing
     images_fmt.write(out_images, images, {"run": run, "iteration": iteration})
     tables.write(out_samples, samples, "samples")
     log.info("rollout %s iter %d: %d groups x %d (%d replayed)", run, iteration, len(groups), g_size,
