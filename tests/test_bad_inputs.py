@@ -182,6 +182,9 @@ CASES = [
      "cli", r"model\.base_weights: models/nowhere\.safetensors does not exist"),
     ("wrong-model-path", _wrong_base_weights, "evaluate", None, "fn",
      r"model\.base_weights: models/base\.safetensors does not fit the configured model\.unet"),
+    ("missing-sd3-snapshot", _edit_config(model={"backbone": "sd3", "path": "models/sd35", "trainable": "lora",
+                                                 "base_weights": None}), "evaluate", None, "cli",
+     r"model\.path: models/sd35 is not a directory"),
 ]
 
 
