@@ -40,7 +40,7 @@ def K(w):
 def iteration_group(w):
     """The cluster job a stage runs in: `cluster.iterations_per_job` consecutive iterations of one run
     (all their stages, and init_policy with the first) go into one job. Local runs ignore groups."""
-    n = config["cluster"]["iterations_per_job"]
+    n = RUN_CFG[w.run]["cluster"]["iterations_per_job"]
     return f"{w.run}-iters{int(w.get('iter', 0)) // n * n:05d}"
 
 

@@ -5,8 +5,8 @@
 #   tests/slurm/local_slurm.sh stop      stop the daemons started by `start` and remove their config
 #   tests/slurm/local_slurm.sh status    exit 0 when the cluster answers and the node is usable
 # One node (`hostname -s`, its CPUs and memory), one default partition named "gpu" (the partition
-# profiles/slurm asks for), one fake GPU (a gres whose File=/dev/null: a file-less GPU gres is
-# dropped and drains the node), no accounting (sacct does not work: use slurm-status-command squeue),
+# profiles/slurm asks for), two fake GPUs (gres with File=/dev/null and /dev/zero: a file-less GPU
+# gres is dropped and drains the node), no accounting (sacct does not work: use slurm-status-command squeue),
 # no cgroups (proctrack/linuxproc, task/none). munged runs with its own key and socket.
 # The jobstep plugin strips SLURM_CONF inside jobs, so the config is written to /etc/slurm/slurm.conf;
 # `start` refuses to overwrite a slurm.conf it did not write. State lives in $OPGRPO_SLURM_DIR.
@@ -70,12 +70,13 @@ ReturnToService=2
 # finished jobs stay visible to squeue (the status command without accounting) for 10 minutes
 MinJobAge=600
 GresTypes=gpu
-NodeName=$host CPUs=$cpus RealMemory=$mem Gres=gpu:1 State=UNKNOWN
+NodeName=$host CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
 PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
   cat >"$ETC/gres.conf" <<EOF
 $MARK
 NodeName=$host Name=gpu File=/dev/null
+NodeName=$host Name=gpu File=/dev/zero
 EOF
 }
 
