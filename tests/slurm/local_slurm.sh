@@ -46,7 +46,7 @@ write_config() {
   cat >"$ETC/slurm.conf" <<EOF
 $MARK
 ClusterName=opgrpo-test
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -70,7 +70,7 @@ ReturnToService=2
 # finished jobs stay visible to squeue (the status command without accounting) for 10 minutes
 MinJobAge=600
 GresTypes=gpu
-NodeName=$host CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
 PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
   cat >"$ETC/gres.conf" <<EOF
