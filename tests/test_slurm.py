@@ -19,8 +19,6 @@ import yaml
 
 from conftest import tiny_config
 
-pytestmark = pytest.mark.slurm
-
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests/slurm/local_slurm.sh"
 RUN = "opgrpo"
@@ -35,14 +33,14 @@ def _unavailable(reason):
 
 
 @pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
+def slurm():
     if sys.platform != "linux" or os.geteuid() != 0:
         _unavailable("the test SLURM cluster needs Linux and root (its daemons run as root)")
-    if shutil.which("slurmctld") is None:
+    if shutil.which("slurmctld", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") is None:
         _unavailable("SLURM is not installed (as root: tests/slurm/local_slurm.sh install)")
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         _unavailable("the slurm extra is not installed (pip install -e '.[slurm]')")
-    env = {**os.environ, "OPGRPO_SLURM_DIR": str(tmp_path_factory.mktemp("slurm-state"))}
+    env = dict(os.environ)
     res = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, env=env, timeout=120)
     if res.returncode != 0:
         _unavailable(f"the test SLURM cluster did not start: {res.stderr.strip()[-2000:]}")
@@ -78,7 +76,7 @@ def _snakemake_cmd(wd, profile):
 def _run(cmd, env=None):
     t0 = time.monotonic()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=LIMIT_S + 60)
-    print(f"{' '.join(cmd[4:])}: {time.monotonic() - t0:.0f} s, exit {res.returncode}")
+    print(f"snakemake --profile {cmd[-1]}: {time.monotonic() - t0:.0f} s, exit {res.returncode}")
     return res
 
 
@@ -102,6 +100,22 @@ def local_run(tmp_path_factory):
     return _artifacts(wd)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
+                    reason="the slurm extra is not installed")
+@pytest.mark.parametrize("per_job, groups", [(1, ["opgrpo-iters00000", "opgrpo-iters00001", "opgrpo-iters00002"]),
+                                             (2, ["opgrpo-iters00000", "opgrpo-iters00002"])])
+def test_slurm_profile_packs_iterations_into_group_jobs(tmp_path, per_job, groups):
+    cfg = tiny_config(train={"iterations": 3}, cluster={"iterations_per_job": per_job})
+    cfg["runs"] = {RUN: {}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                          "--configfile", str(tmp_path / "config.yaml"), "--profile", str(REPO / "profiles/slurm"),
+                          "-n"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(re.findall(r"Group job (\S+) \(", res.stdout)) == groups
+
+
+@pytest.mark.slurm
 def test_slurm_profile_runs_one_job_per_iteration_identical_to_local(slurm, local_run, tmp_path):
     wd = _experiment(tmp_path / "wd")
     res = _run(_snakemake_cmd(wd, _slurm_profile(tmp_path / "profile")), env=slurm)
@@ -128,6 +142,7 @@ def test_slurm_profile_runs_one_job_per_iteration_identical_to_local(slurm, loca
     assert len(local_run) >= 7 * ITERATIONS
 
 
+@pytest.mark.slurm
 def test_job_cancelled_mid_iteration_is_finished_by_rerunning_the_same_command(slurm, local_run, tmp_path):
     wd = _experiment(tmp_path / "wd")
     cmd = _snakemake_cmd(wd, _slurm_profile(tmp_path / "profile", retries=0))

@@ -11,6 +11,7 @@
 # The jobstep plugin strips SLURM_CONF inside jobs, so the config is written to /etc/slurm/slurm.conf;
 # `start` refuses to overwrite a slurm.conf it did not write. State lives in $OPGRPO_SLURM_DIR.
 set -euo pipefail
+export PATH=$PATH:/usr/sbin:/sbin  # the daemons live in sbin, not always on a non-root PATH
 
 DIR=${OPGRPO_SLURM_DIR:-/tmp/opgrpo-slurm}
 ETC=/etc/slurm
