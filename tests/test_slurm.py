@@ -1,4 +1,5 @@
-"""profiles/slurm against a live single-node SLURM (tests/slurm/local_slurm.sh): a tiny two-iteration
+"""profiles/slurm: its dry run packs cluster.iterations_per_job iterations into one group job; and
+(marked `slurm`) against a live single-node SLURM (tests/slurm/local_slurm.sh): a tiny two-iteration
 experiment submitted with `snakemake --profile` runs one cluster job per iteration, its artifacts are
 byte-identical to the same run under profiles/local, and a job cancelled mid-iteration is finished by
 rerunning the same command. Skips (with the reason) where SLURM cannot be started, e.g. not root;
