@@ -55,6 +55,13 @@ def K(w):
     return int(w.iter)
 
 
+def iteration_group(w):
+    """The cluster job a stage runs in: `cluster.iterations_per_job` consecutive iterations of one run
+    (all their stages, and init_policy with the first) go into one job. Local runs ignore groups."""
+    n = RUN_CFG[w.run]["cluster"]["iterations_per_job"]
+    return f"{w.run}-iters{int(w.get('iter', 0)) // n * n:05d}"
+
+
 wildcard_constraints:
     run="[A-Za-z0-9_.-]+",
     iter=r"\d{5}",
@@ -153,6 +160,8 @@ rule init_policy:
         optimizer=L.optimizer("{run}", -1),
         buffer=L.buffer("{run}", -1)[0],
         buffer_table=L.buffer("{run}", -1)[1],
+    group:
+        iteration_group
     log:
         "logs/{run}/init_policy.log",
     run:
@@ -174,6 +183,8 @@ rule rollout:
         trajectories=L.trajectories("{run}", "{iter}"),
         samples=L.samples("{run}", "{iter}"),
         images=L.images("{run}", "{iter}"),
+    group:
+        iteration_group
     log:
         "logs/{run}/iter_{iter}/rollout.log",
     benchmark:
@@ -199,6 +210,8 @@ rule score:
         samples=rules.rollout.output.samples,
     output:
         rewards=L.rewards("{run}", "{iter}"),
+    group:
+        iteration_group
     log:
         "logs/{run}/iter_{iter}/score.log",
     benchmark:
@@ -221,6 +234,8 @@ rule buffer_update:
     output:
         buffer=L.buffer("{run}", "{iter}")[0],
         buffer_table=L.buffer("{run}", "{iter}")[1],
+    group:
+        iteration_group
     log:
         "logs/{run}/iter_{iter}/buffer_update.log",
     run:
@@ -245,6 +260,8 @@ rule policy_update:
         policy=L.policy("{run}", "{iter}"),
         optimizer=L.optimizer("{run}", "{iter}"),
         metrics=L.metrics("{run}", "{iter}"),
+    group:
+        iteration_group
     log:
         "logs/{run}/iter_{iter}/policy_update.log",
     benchmark:
@@ -272,6 +289,8 @@ rule evaluate:
     output:
         table=L.eval_table("{run}", "{iter}"),
         grid=L.eval_grid("{run}", "{iter}"),
+    group:
+        iteration_group
     log:
         "logs/{run}/eval_{iter}.log",
     threads: workflow.cores

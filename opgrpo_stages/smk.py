@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
 from pathlib import Path
 
@@ -42,6 +44,8 @@ def rule_log(path):
     logger = logging.getLogger("opgrpo")
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
+    if os.environ.get("SLURM_JOB_ID"):  # which cluster job ran this stage (resuming, accounting)
+        logger.info("SLURM job %s on %s", os.environ["SLURM_JOB_ID"], socket.gethostname())
     try:
         yield logger
         fault("rule_done", path)  # outputs complete, Snakemake not yet told
