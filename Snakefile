@@ -58,8 +58,12 @@ def K(w):
 def iteration_group(w):
     """The cluster job a stage runs in: `cluster.iterations_per_job` consecutive iterations of one run
     (all their stages, and init_policy with the first) go into one job. Local runs ignore groups."""
-    n = RUN_CFG[w.run]["cluster"]["iterations_per_job"]
-    return f"{w.run}-iters{int(w.get('iter', 0)) // n * n:05d}"
+    return cluster_job(w.run, int(w.get("iter", 0)))
+
+
+def cluster_job(run, k):
+    n = RUN_CFG[run]["cluster"]["iterations_per_job"]
+    return f"{run}-iters{k // n * n:05d}"
 
 
 wildcard_constraints:
@@ -312,6 +316,8 @@ rule evaluate_base:
     output:
         table=L.eval_table("base", 0),
         grid=L.eval_grid("base", 0),
+    group:
+        "base-eval"  # one cluster job with final_eval_base
     log:
         "logs/base/eval.log",
     threads: workflow.cores
@@ -335,6 +341,8 @@ rule final_eval:  # Table 1/2 metrics of a run's intermediate or best checkpoint
         table=L.final_eval("{run}", "{checkpoint}"),
     wildcard_constraints:
         checkpoint="intermediate|best",
+    group:
+        lambda w: cluster_job(w.run, last_iter(w.run))  # in the run's last cluster job
     log:
         "logs/{run}/final_{checkpoint}.log",
     threads: workflow.cores
@@ -355,6 +363,8 @@ rule final_eval_base:
         embeddings=prompt_embeddings("heldout"),
     output:
         table=L.final_eval("base", "base"),
+    group:
+        "base-eval"
     log:
         "logs/base/final.log",
     threads: workflow.cores

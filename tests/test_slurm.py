@@ -113,7 +113,8 @@ def test_slurm_profile_packs_iterations_into_group_jobs(tmp_path, per_job, group
                           "--configfile", str(tmp_path / "config.yaml"), "--profile", str(REPO / "profiles/slurm"),
                           "-n"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert sorted(re.findall(r"Group job (\S+) \(", res.stdout)) == groups
+    found = sorted(re.findall(r"Group job (\S+) \(", res.stdout))
+    assert found == sorted([*groups, "base-eval"])  # + the base's evaluations
 
 
 @pytest.mark.slurm
@@ -132,6 +133,9 @@ def test_slurm_profile_runs_one_job_per_iteration_identical_to_local(slurm, loca
         per_iteration.append(jobs.pop())
     assert _job_of(wd / f"logs/{RUN}/init_policy.log") == per_iteration[0]
     base = _job_of(wd / "logs/base/eval.log")
+    assert _job_of(wd / "logs/base/final.log") == base  # the base's evaluations share one job
+    for ckpt in ("intermediate", "best"):  # a run's final evaluations go with its last iteration
+        assert _job_of(wd / f"logs/{RUN}/final_{ckpt}.log") == per_iteration[-1]
     assert len(set(per_iteration)) == ITERATIONS and base not in per_iteration
     assert sorted(submitted, key=int) == sorted([*per_iteration, base], key=int)
     for job in per_iteration:  # SLURM kept its log, and the job asked for the GPU of its heaviest stage
