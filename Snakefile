@@ -69,7 +69,7 @@ def cluster_job(run, k):
 wildcard_constraints:
     run="[A-Za-z0-9_.-]+",
     iter=r"\d{5}",
-    split="train|heldout",
+    split="train|heldout|t2i_compbench",
 
 
 localrules: all, prompts, report
@@ -146,6 +146,15 @@ def prompt_embeddings(split):
     from opgrpo_stages.backbones import uses_prompt_embeddings
 
     return lambda w: [L.prompt_embeddings(split)] if uses_prompt_embeddings(cfg_of(w.get("run", FIRST))["model"]) else []
+
+
+def t2i_prompt_embeddings(w):
+    """Table 2's benchmark prompts embedded once, when the backbone reads embeddings and Table 2 samples."""
+    from opgrpo_stages.backbones import uses_prompt_embeddings
+    from opgrpo_stages.stages.final_eval import needs_t2i_prompts
+
+    c = cfg_of(w.get("run", FIRST))
+    return [L.prompt_embeddings("t2i_compbench")] if uses_prompt_embeddings(c["model"]) and needs_t2i_prompts(c) else []
 
 
 def first_or_none(files):
@@ -337,6 +346,7 @@ rule final_eval:  # Table 1/2 metrics of a run's intermediate or best checkpoint
         policies=lambda w: [L.policy(w.run, k) for k in L.eval_iterations(RUN_CFG[w.run])],
         optimizers=lambda w: [L.optimizer(w.run, k) for k in L.eval_iterations(RUN_CFG[w.run])],
         embeddings=prompt_embeddings("heldout"),
+        t2i_embeddings=t2i_prompt_embeddings,
     output:
         table=L.final_eval("{run}", "{checkpoint}"),
     wildcard_constraints:
@@ -361,6 +371,7 @@ rule final_eval_base:
         prompts=L.prompts("heldout"),
         eval=L.eval_table("base", 0),
         embeddings=prompt_embeddings("heldout"),
+        t2i_embeddings=t2i_prompt_embeddings,
     output:
         table=L.final_eval("base", "base"),
     group:

@@ -105,3 +105,30 @@ def test_sd3_pipeline_two_iterations(tmp_path, tiny_sd3_path):
 def test_wan_pipeline_two_iterations(tmp_path, tiny_wan_path):
     wd = _run(tmp_path, "wan", tiny_wan_path)
     _check(wd, "wan", (5, 32, 32, 3))
+
+
+def test_sd3_table2_samples_t2i_compbench_from_its_own_embeddings(tmp_path, tiny_sd3_path):  # noqa: F811
+    """Table 2 on a real backbone: the benchmark prompts are embedded once (prompt set
+    ``t2i_compbench``), and the base's final evaluation samples and scores them (non-spatial:
+    CLIP similarity on a tiny CLIP) instead of reporting them unavailable."""
+    import pandas as pd
+
+    from t2icb_tiny_models import tiny_clip
+
+    wd = tmp_path / "work"
+    wd.mkdir()
+    cfg = tiny_config(
+        model=sd3_model_cfg(tiny_sd3_path), prompts={"train": {"n": 2}, "heldout": {"n": 1}},
+        eval={"num_steps": 2, "metrics": [], "t2i_compbench": {"categories": ["non_spatial"],
+                                                               "prompts_per_category": 2, "images_per_prompt": 1}},
+    )
+    cfg["reward"]["terms"] = {"brightness": 1.0}
+    cfg["reward"]["options"] = {"t2i_compbench": {"clip_path": str(tiny_clip(tmp_path / "clip"))}}
+    cfg["runs"] = {"opgrpo": {}}
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    _smk(wd, "runs/base/final.parquet")
+    assert (wd / "runs/prompts/t2i_compbench.embeddings.safetensors").exists()
+    rows = pd.read_parquet(wd / "runs/base/final.parquet").set_index("metric")
+    assert rows.loc["non_spatial", "status"] == "ok", rows.loc["non_spatial", "reason"]
+    assert -1 <= rows.loc["non_spatial", "value"] <= 1 and rows.loc["non_spatial", "n_images"] == 2
+    assert rows.loc["color", "status"] != "ok"  # not selected: reported, never a number

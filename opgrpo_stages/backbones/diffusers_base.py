@@ -161,6 +161,11 @@ class DiffusersBackbone(Backbone):
         self.vae.to(self.device)
 
     # -- prompts -------------------------------------------------------------------------
+    def use_prompt_embeddings(self, path) -> None:
+        """Read conditioning from another embed_prompts file from now on (another prompt set,
+        e.g. T2I-CompBench++'s in the final evaluation)."""
+        self._embeddings_path, self._embeddings = path, None
+
     def encode_prompts(self, prompts: list[dict]) -> dict[str, torch.Tensor]:
         """Conditioning of each prompt ({"id", "prompt"}), from the embeddings file, batch-first;
         the unconditional (negative-prompt) embeddings ride along under ``neg_<field>``."""

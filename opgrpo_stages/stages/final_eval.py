@@ -86,7 +86,8 @@ def _build_metrics(cfg: dict) -> tuple[dict, dict]:
 
 
 def final_eval(cfg: dict, *, model: str, checkpoint: str, prompts_path, eval_tables: dict, out_table,
-               policies: dict | None = None, optimizers: dict | None = None, embeddings_path=None) -> dict:
+               policies: dict | None = None, optimizers: dict | None = None, embeddings_path=None,
+               t2i_embeddings_path=None) -> dict:
     """``eval_tables``: iteration -> held-out eval table of the run (base: {0: its table});
     ``policies``/``optimizers``: iteration -> file (None for the base model)."""
     import numpy as np
@@ -135,7 +136,7 @@ def final_eval(cfg: dict, *, model: str, checkpoint: str, prompts_path, eval_tab
             rows.append(_row(model, checkpoint, k, "table1", name, float(np.mean(col[next(iter(col))])),
                              n=len(images)))
     rows += [_row(model, checkpoint, k, "table1", name, reason=why) for name, why in missing.items()]
-    rows += _t2i_rows(cfg, t2i, get_backbone, model, checkpoint, k)
+    rows += _t2i_rows(cfg, t2i, get_backbone, model, checkpoint, k, t2i_embeddings_path)
     df = pd.DataFrame(rows)
     tables.write(out_table, df, "final_eval")
     log.info("final evaluation of %s (%s, iteration %d):\n%s", model, checkpoint, k,
@@ -152,7 +153,8 @@ def _t2i_setup(cfg: dict):
     return T2ICompBench(**cfg["reward"]["options"].get("t2i_compbench", {}))
 
 
-def _t2i_rows(cfg, bench, get_backbone, model, checkpoint, k) -> list[dict]:
+def _t2i_rows(cfg, bench, get_backbone, model, checkpoint, k, embeddings_path=None) -> list[dict]:
+    """``embeddings_path``: the benchmark prompts' embed_prompts file (backbones that read one)."""
     import numpy as np
 
     from ..t2i_compbench import CATEGORIES, benchmark_prompts
@@ -172,6 +174,8 @@ def _t2i_rows(cfg, bench, get_backbone, model, checkpoint, k) -> list[dict]:
             continue
         prompts = benchmark_prompts([c], tc["prompts_per_category"])
         backbone = get_backbone()
+        if embeddings_path is not None:
+            backbone.use_prompt_embeddings(embeddings_path)
         try:
             backbone.encode_prompts(prompts[:1])
         except Exception as e:  # the embedded backbone only knows its synthetic world's prompts
@@ -186,15 +190,26 @@ def _t2i_rows(cfg, bench, get_backbone, model, checkpoint, k) -> list[dict]:
     return rows
 
 
+def needs_t2i_prompts(cfg: dict) -> bool:
+    """Whether Table 2 will sample: categories selected and T2I-CompBench++ models configured."""
+    return bool(cfg["eval"]["t2i_compbench"]["categories"] and cfg["reward"]["options"].get("t2i_compbench"))
+
+
 def final_eval_paths(cfg: dict, run: str, checkpoint: str) -> dict:
     """Keyword arguments (paths) of :func:`final_eval` for ``run`` (or "base")."""
     from ..backbones import uses_prompt_embeddings
 
-    emb = L.prompt_embeddings("heldout") if uses_prompt_embeddings(cfg["model"]) else None
+    emb = t2i = None
+    if uses_prompt_embeddings(cfg["model"]):
+        emb = L.prompt_embeddings("heldout")
+        if needs_t2i_prompts(cfg):
+            t2i = L.prompt_embeddings("t2i_compbench")
     if run == "base":
         return dict(model="base", checkpoint="base", prompts_path=L.prompts("heldout"), embeddings_path=emb,
-                    eval_tables={0: L.eval_table("base", 0)}, out_table=L.final_eval("base", "base"))
+                    t2i_embeddings_path=t2i, eval_tables={0: L.eval_table("base", 0)},
+                    out_table=L.final_eval("base", "base"))
     its = L.eval_iterations(cfg)
     return dict(model=run, checkpoint=checkpoint, prompts_path=L.prompts("heldout"), embeddings_path=emb,
+                t2i_embeddings_path=t2i,
                 eval_tables={k: L.eval_table(run, k) for k in its}, policies={k: L.policy(run, k) for k in its},
                 optimizers={k: L.optimizer(run, k) for k in its}, out_table=L.final_eval(run, checkpoint))

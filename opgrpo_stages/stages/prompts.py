@@ -23,8 +23,14 @@ def _embedded(cfg: dict, which: str, exclude=frozenset()) -> list[dict]:
 
 
 def make_prompts(cfg: dict, which: str, out_path) -> None:
+    if which == "t2i_compbench":  # Table 2's benchmark prompts, for backbones that embed prompts once
+        from ..t2i_compbench import benchmark_prompts
+
+        tc = cfg["eval"]["t2i_compbench"]
+        prompts_fmt.write(out_path, benchmark_prompts(tc["categories"], tc["prompts_per_category"]))
+        return
     if which not in ("train", "heldout"):
-        raise ConfigError(f"prompts: unknown prompt set {which!r}; expected 'train' or 'heldout'")
+        raise ConfigError(f"prompts: unknown prompt set {which!r}; expected 'train', 'heldout' or 't2i_compbench'")
     pc = cfg["prompts"].get(which) or {"source": "embedded"}
     if pc.get("source", "embedded") == "file":
         if "path" not in pc:
