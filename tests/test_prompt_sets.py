@@ -208,3 +208,22 @@ def test_generator_errors():
         G.generate(10, 0, ["single_object"])
     with pytest.raises(ConfigError, match="exceeds"):
         G.generate(161, 0, ["counting"])
+
+
+@pytest.mark.parametrize("preset", ["sd35_geneval.yaml", "sd35_ocr.yaml", "wan21_ocr.yaml"])
+def test_presets_build_their_shipped_prompt_sets(preset, tmp_path):
+    from opgrpo_stages import config as C
+    from opgrpo_stages.stages.prompts import make_prompts
+
+    cfg = C.resolve_run(C.load(Path(__file__).resolve().parents[1] / "presets" / preset), "flowgrpo")
+    built = {}
+    for which in ("train", "heldout"):
+        if cfg["prompts"][which]["source"] in ("packaged", "geneval_generated"):
+            make_prompts(cfg, which, tmp_path / f"{which}.jsonl")
+            built[which] = prompts_fmt.read(tmp_path / f"{which}.jsonl")
+    if preset == "sd35_geneval.yaml":
+        assert len(built["heldout"]) == 553 and cfg["eval"]["samples_per_prompt"] == 4
+        assert len(built["train"]) == 10_000
+        assert not {p["prompt"] for p in built["train"]} & {p["prompt"] for p in built["heldout"]}
+    else:
+        assert len(built["heldout"]) == 1018 and {p["tag"] for p in built["heldout"]} == {"ocr"}
