@@ -99,6 +99,9 @@ def test_read_text_lines_ids_and_tags(tmp_path):
         prompts_fmt.read_text(tmp_path / "empty.txt")
     with pytest.raises(ArtifactError, match="missing"):
         prompts_fmt.read_text(tmp_path / "absent.txt")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9 sign\n")
+    with pytest.raises(ArtifactError, match="not UTF-8"):
+        prompts_fmt.read_text(tmp_path / "latin1.txt")
 
 
 def _make(run_cfg, tmp_path, which, pc, extra=None):
@@ -180,8 +183,9 @@ def test_generated_prompts_are_distinct_and_never_a_test_prompt_or_its_variant(t
             (b, a), rel = inc, inc[1]["position"][0]
             for anchor, obj in ((b, a), (a, b)):
                 for r in (rel, mirror[rel]):
-                    variants.add(G.prompt_text({"tag": "position", "include": [
-                        {"class": anchor["class"], "count": 1}, {"class": obj["class"], "count": 1, "position": [r, 0]}]}))
+                    inc2 = [{"class": anchor["class"], "count": 1},
+                            {"class": obj["class"], "count": 1, "position": [r, 0]}]
+                    variants.add(G.prompt_text({"tag": "position", "include": inc2}))
     assert len(variants) > 500 and not variants & set(prompts)
     # every counting/colors/two_object prompt outside the test scenes is used when n is this large
     tags = Counter(m["tag"] for m in gen)

@@ -61,7 +61,8 @@ def read_text(path, id_prefix: str | None = None) -> list[dict]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise ArtifactError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start}); expected one prompt per line") from None
+        raise ArtifactError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                  f"expected one prompt per line") from None
     out = []
     for lineno, line in enumerate(lines, 1):
         prompt = line.strip()
