@@ -5,11 +5,15 @@ tag are excluded from the train set whenever at least half of that tag's prompt 
 for training (two_object, position, color_attr, ... in the default world); tags with only a
 handful of distinct prompts (single_object has one per shape) are shared, and held-out images
 differ from training ones by their fixed evaluation noise. ``source: file`` copies
-and validates a user's JSON Lines file (e.g. GenEval's ``evaluation_metadata.jsonl``)."""
+and validates a user's JSON Lines file (e.g. GenEval's ``evaluation_metadata.jsonl``) or, with
+``format: text``, a plain-text list (one prompt per line, as Flow-GRPO's OCR and PickScore sets).
+``source: packaged`` selects a shipped set by ``name`` (opgrpo_stages.packaged_prompts);
+``source: geneval_generated`` draws ``n`` GenEval-style training prompts with ``seed``, none
+equivalent to a GenEval test prompt (opgrpo_stages.geneval_prompts)."""
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from ..errors import ArtifactError, ConfigError
 from ..formats import prompts as prompts_fmt
 
 
@@ -32,16 +36,41 @@ def make_prompts(cfg: dict, which: str, out_path) -> None:
     if which not in ("train", "heldout"):
         raise ConfigError(f"prompts: unknown prompt set {which!r}; expected 'train', 'heldout' or 't2i_compbench'")
     pc = cfg["prompts"].get(which) or {"source": "embedded"}
-    if pc.get("source", "embedded") == "file":
-        if "path" not in pc:
-            raise ConfigError(f"prompts.{which}: source 'file' needs a 'path'")
-        items = prompts_fmt.read(pc["path"])
+    source = pc.get("source", "embedded")
+    if source == "file":
+        items = _from_file(pc, which)
+    elif source == "packaged":
+        from ..packaged_prompts import load
+
+        if not pc.get("name"):
+            raise ConfigError(f"prompts.{which}: source 'packaged' needs a 'name'")
+        items = load(pc["name"])
+    elif source == "geneval_generated":
+        from ..geneval_prompts import TRAIN_TAGS, generate
+
+        gen = generate(pc.get("n", 256), pc.get("seed", 0), pc.get("tags") or TRAIN_TAGS)
+        items = [{**m, "id": f"{which}-{i:05d}"} for i, m in enumerate(gen)]
     else:
         exclude = frozenset()
         if which == "train" and (cfg["prompts"].get("heldout") or {}).get("source", "embedded") == "embedded":
             exclude = held_out_exclusions(cfg)
         items = _embedded(cfg, which, exclude)
     prompts_fmt.write(out_path, items)
+
+
+def _from_file(pc: dict, which: str) -> list[dict]:
+    if "path" not in pc:
+        raise ConfigError(f"prompts.{which}: source 'file' needs a 'path'")
+    fmt = pc.get("format", "jsonl")
+    if fmt == "text":
+        return prompts_fmt.read_text(pc["path"])
+    try:
+        return prompts_fmt.read(pc["path"])
+    except ArtifactError as exc:
+        if str(pc["path"]).endswith(".txt") and "not valid JSON" in str(exc):
+            raise ConfigError(f"prompts.{which}: {exc}; a plain-text prompt list (one prompt per line) needs "
+                              f"'format: text' beside 'path'") from None
+        raise
 
 
 def held_out_exclusions(cfg: dict) -> frozenset:
