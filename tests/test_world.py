@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 from collections import Counter
 
 import numpy as np
@@ -13,7 +14,7 @@ from opgrpo_stages.world import (GENEVAL_TAGS, EmbeddedColorClassifier, Embedded
                                  render_batch, shape_mask)
 
 SPEC = WorldSpec()
-OFFICIAL = "/work/shared/data/geneval/evaluation_metadata.jsonl"
+OFFICIAL = str(Path(__file__).resolve().parents[1] / "opgrpo_stages/data/geneval/evaluation_metadata.jsonl")  # shipped copy
 
 # ---------------------------------------------------------------- spec
 
