@@ -1,6 +1,7 @@
 """Stage final_eval (checkpoint choice, metrics, unavailable rows) and the paper's Table 1/2."""
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -151,7 +152,10 @@ def test_paper_tables_layout(tmp_path, monkeypatch):
     write_paper_tables(cfg, ["flowgrpo"], out)
     assert pd.read_csv(out["table1_csv"]).shape == (3, 9)
     md = open(out["table2_md"]).read()
-    assert "| 2D-Spatial |" in md and "unavailable (no detector)" in md
+    # each reason once, as a numbered note under the table
+    assert "| 2D-Spatial |" in md and md.count("no detector") == 1
+    n = re.search(r"\[(\d+)\] no detector", md).group(1)
+    assert f"unavailable [{n}]" in md.split("\n[")[0]
 
 
 def test_cli_final_eval_base(base_eval):

@@ -73,7 +73,7 @@ def test_report_has_paper_tables_with_unavailable_markers(pipeline):
     assert t2.iloc[:, 3:].map(lambda v: v.startswith("unavailable (")).all().all()
     assert "vqa_path is not set" in t2.loc[0, "Color"]
     md = (pipeline / "results/main/tables/table1.md").read_text()
-    assert "| GenEval |" in md and "unavailable (" in md
+    assert "| GenEval |" in md and "unavailable [1]" in md and "[1] reward.options." in md
 
 
 def test_deleted_stage_output_is_regenerated_byte_identical(pipeline):

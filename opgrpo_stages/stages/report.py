@@ -96,11 +96,25 @@ def paper_tables(cfg: dict, runs: list[str]):
 
 
 def _markdown_cells(df) -> str:
+    """A Markdown table; each distinct "unavailable (<reason>)" becomes "unavailable [n]" with the
+    reason once below the table, so a row stays readable (the CSV keeps the full text per cell)."""
+    import re
+
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    reasons: dict[str, int] = {}
+
+    def cell(v) -> str:
+        m = re.fullmatch(r"unavailable \((.*)\)", str(v), flags=re.S)
+        if m:
+            n = reasons.setdefault(m.group(1), len(reasons) + 1)
+            return f"unavailable [{n}]"
+        return str(v)
+
     for _, r in df.iterrows():
-        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in r) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append("| " + " | ".join(cell(v).replace("|", "\\|") for v in r) + " |")
+    notes = [f"[{n}] {why}" for why, n in reasons.items()]
+    return "\n".join(lines) + "\n" + ("\n" + "  \n".join(notes) + "\n" if notes else "")
 
 
 def write_paper_tables(cfg: dict, runs: list[str], out: dict):
