@@ -4,10 +4,11 @@ With ``distributed.processes = N > 1`` the Snakefile runs the stage's CLI under
 ``accelerate launch --multi_gpu --num_processes N`` (:func:`launch`); every process then calls
 the same stage function, which asks :func:`data_parallel` for its share of the work:
 
-- ``rollout``: each process samples a contiguous block of whole prompt groups; the main process
-  gathers latents, log-probs and images in group order and writes the single output files.
-  Every sample's noise comes from its own (seed, run, iteration, stage, group, sample)
-  generator, so sharding changes no sample.
+- ``rollout``: each process samples a contiguous block of the 1-process run's forward batches
+  (``sampling.batch_size``; a model's output can change slightly with its batch, so whole
+  batches keep every sample bit-identical); the main process gathers latents, log-probs and
+  images in order and writes the single output files. Every sample's noise comes from its own
+  (seed, run, iteration, stage, group, sample) generator.
 - ``policy_update``: each process takes a contiguous share of every minibatch; its losses keep
   the 1-process normalisation (divided by the whole minibatch's sample-step count), so summing
   the gradients over processes (:meth:`DataParallel.all_reduce_grads`) gives the 1-process

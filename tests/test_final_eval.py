@@ -83,8 +83,7 @@ def test_final_eval_scores_available_metrics_and_marks_the_rest(base_eval):
     miss = t.loc[("table1", "test_needs_model")]
     assert miss["status"] == "unavailable" and math.isnan(miss["value"]) and "path is not set" in miss["reason"]
     assert "does not exist" in t.loc[("table1", "test_lazy_model"), "reason"]
-    if "pickscore" not in REWARDS:
-        assert "not installed" in t.loc[("table1", "pickscore"), "reason"]
+    assert "reward.options.pickscore.path is not set" in t.loc[("table1", "pickscore"), "reason"]
     assert "vqa_path is not set" in t.loc[("table2", "color"), "reason"]
     assert "detector is not set" in t.loc[("table2", "numeracy"), "reason"]
     assert t.loc[("table2", "shape"), "reason"] == "not in eval.t2i_compbench.categories"

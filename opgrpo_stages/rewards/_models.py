@@ -50,7 +50,7 @@ def check_images(images, n_prompts: int | None = None, *, allow_video: bool = Fa
 def to_pil(images: np.ndarray) -> list:
     from PIL import Image
 
-    return [Image.fromarray(im) for im in images]
+    return [Image.fromarray(np.asarray(im, dtype=np.uint8)) for im in images]
 
 
 def pooled(out):

@@ -25,11 +25,12 @@ AESTHETIC_HEAD_SHA256 = "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d51
 PICKSCORE_FLOW_GRPO_SCALE = 26.0
 
 
-def load_clip(reward: str, path, processor_path, device: str):
-    """(CLIPModel in eval mode on ``device``, CLIPProcessor) from local directories."""
+def load_clip(reward: str, path, processor_path=None, device: str = "cpu", key: str = "path"):
+    """(CLIPModel in eval mode on ``device``, CLIPProcessor) from local directories; errors name
+    ``reward.options.<reward>.<key>``."""
     from transformers import CLIPModel, CLIPProcessor
 
-    model_dir = require_path(reward, path, "a CLIP model directory (config.json + weights)")
+    model_dir = require_path(reward, path, "a CLIP model directory (config.json + weights)", key)
     proc_dir = require_path(reward, processor_path if processor_path is not None else path,
                             "a CLIP processor directory (tokenizer + preprocessor config)", "processor_path")
     model = CLIPModel.from_pretrained(model_dir, local_files_only=True).eval().to(device)

@@ -9,7 +9,7 @@ Metrics: the task metric comes from the checkpoint's held-out evaluation table (
 every name in ``eval.metrics`` is a registered reward built with ``reward.options.<name>`` and
 scored on the same held-out prompts and noise; T2I-CompBench++ (``eval.t2i_compbench``) samples
 ``images_per_prompt`` images of each benchmark prompt. A metric whose model is not configured
-(ModelPathError), whose reward is not installed, or whose prompts the backbone cannot encode is
+(ModelPathError) or whose prompts the backbone cannot encode is
 written as status ``unavailable`` with the reason and NaN value; nothing is sampled when no metric
 can run, so an unconfigured evaluation costs nothing.
 
@@ -66,20 +66,15 @@ def _row(model, checkpoint, iteration, table, metric, value=math.nan, reason="",
 def _build_metrics(cfg: dict) -> tuple[dict, dict]:
     """(name -> Reward, name -> reason unavailable) for ``eval.metrics``."""
     from ..errors import ConfigError, ModelPathError
-    from ..rewards import REWARDS, build_reward
+    from ..rewards import REWARDS
+    from .score import build_term
 
     built, missing = {}, {}
     for name in cfg["eval"]["metrics"]:
         if name not in REWARDS:
-            if name not in TABLE1_METRICS:
-                raise ConfigError(f"eval.metrics: unknown metric {name!r}; known: {sorted(REWARDS)}")
-            missing[name] = f"reward {name!r} is not installed in this version"
-            continue
-        opts = dict(cfg["reward"]["options"].get(name, {}))
-        if name == "geneval":  # as the score stage does: the embedded backends need the world
-            opts.setdefault("world", cfg["world"])
+            raise ConfigError(f"eval.metrics: unknown metric {name!r}; known: {sorted(REWARDS)}")
         try:
-            built[name] = build_reward(name, **opts)
+            built[name] = build_term(cfg, name)
         except ModelPathError as e:
             missing[name] = str(e)
     return built, missing
@@ -99,12 +94,10 @@ def final_eval(cfg: dict, *, model: str, checkpoint: str, prompts_path, eval_tab
     from .common import log, setup_torch
 
     setup_torch(cfg)
-    scores = {int(k): task_score(cfg, tables.read(p, "eval")) for k, p in eval_tables.items()}
-    if checkpoint == "base":
-        k = 0
-    else:
-        k = select_checkpoints(cfg, scores)[checkpoint]
-    eval_df = tables.read(eval_tables[k], "eval")
+    evals = {int(k): tables.read(p, "eval") for k, p in eval_tables.items()}
+    scores = {k: task_score(cfg, df) for k, df in evals.items()}
+    k = 0 if checkpoint == "base" else select_checkpoints(cfg, scores)[checkpoint]
+    eval_df = evals[k]
     task = task_metric_name(cfg)
     rows = [_row(model, checkpoint, k, "table1", task, scores[k], n=len(eval_df))]
 

@@ -11,21 +11,29 @@ import json
 import numpy as np
 
 
+def build_term(cfg: dict, name: str):
+    """The registered reward ``name`` built from ``reward.options.<name>``, with the embedded world
+    (geneval) and ``runtime.device`` (model-based rewards) filled in unless the options set them."""
+    from ..rewards import REWARDS, build_reward
+
+    opts = dict(cfg["reward"]["options"].get(name, {}))
+    if name == "geneval":
+        opts.setdefault("world", cfg["world"])
+    if getattr(REWARDS[name], "uses_device", False):
+        opts.setdefault("device", cfg.get("runtime", {}).get("device", "cpu"))
+    return build_reward(name, **opts)
+
+
 def build_terms(cfg: dict) -> dict:
     """reward name -> Reward instance, from ``reward.terms`` and ``reward.options``."""
     from ..errors import ConfigError
-    from ..rewards import REWARDS, build_reward
+    from ..rewards import REWARDS
 
     terms = {}
     for name in cfg["reward"]["terms"]:
         if name not in REWARDS:
             raise ConfigError(f"reward.terms: unknown reward {name!r}; known: {sorted(REWARDS)}")
-        opts = dict(cfg["reward"]["options"].get(name, {}))
-        if name == "geneval":
-            opts.setdefault("world", cfg["world"])
-        if getattr(REWARDS[name], "uses_device", False):
-            opts.setdefault("device", cfg.get("runtime", {}).get("device", "cpu"))
-        terms[name] = build_reward(name, **opts)
+        terms[name] = build_term(cfg, name)
     return terms
 
 

@@ -11,29 +11,15 @@ A missing path raises :class:`~opgrpo_stages.errors.ModelPathError` naming the c
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..errors import ModelPathError
+from ..rewards._models import require_path, to_pil
 
 KEY = "reward.options.t2i_compbench"
-
-
-def require_path(path, key: str, what: str) -> Path:
-    if path is None:
-        raise ModelPathError(f"{KEY}.{key} is not set: a local folder with the {what}")
-    p = Path(path)
-    if not p.exists():
-        raise ModelPathError(f"{KEY}.{key} = {str(path)!r} does not exist (expected the {what})")
-    return p
-
-
-def _pil(images):
-    from PIL import Image
-
-    return [Image.fromarray(np.asarray(im, dtype=np.uint8)) for im in images]
+_REWARD = "t2i_compbench"  # the config keys are reward.options.t2i_compbench.<key>
 
 
 class BlipVqa:
@@ -46,7 +32,8 @@ class BlipVqa:
         import torch
         from transformers import BlipForQuestionAnswering, BlipProcessor
 
-        p = require_path(path, key, "BLIP VQA model and processor (e.g. Salesforce/blip-vqa-base)")
+        p = require_path(_REWARD, path, "a local folder with the BLIP VQA model and processor "
+                                        "(e.g. Salesforce/blip-vqa-base)", key)
         self.processor = BlipProcessor.from_pretrained(p, local_files_only=True)
         self.model = BlipForQuestionAnswering.from_pretrained(p, local_files_only=True).to(device).eval()
         self.device, self.batch_size, self.torch = device, batch_size, torch
@@ -70,7 +57,7 @@ class BlipVqa:
             for idx in groups.values():
                 for j in range(0, len(idx), self.batch_size):
                     sel = idx[j:j + self.batch_size]
-                    enc = self.processor(images=_pil([images[i] for i in sel]), text=[questions[i] for i in sel],
+                    enc = self.processor(images=to_pil([images[i] for i in sel]), text=[questions[i] for i in sel],
                                          return_tensors="pt").to(self.device)
                     vis = m.vision_model(pixel_values=enc["pixel_values"]).last_hidden_state
                     q = m.text_encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
@@ -90,11 +77,10 @@ class ClipSimilarity:
 
     def __init__(self, path, *, device: str = "cpu", batch_size: int = 32, key: str = "clip_path"):
         import torch
-        from transformers import CLIPModel, CLIPProcessor
 
-        p = require_path(path, key, "CLIP model and processor (upstream: openai/clip-vit-base-patch32)")
-        self.processor = CLIPProcessor.from_pretrained(p, local_files_only=True)
-        self.model = CLIPModel.from_pretrained(p, local_files_only=True).to(device).eval()
+        from ..rewards.clip_rewards import load_clip
+
+        self.model, self.processor = load_clip(_REWARD, path, device=device, key=key)  # upstream: ViT-B/32
         self.device, self.batch_size, self.torch = device, batch_size, torch
 
     def embeddings(self, images, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +89,7 @@ class ClipSimilarity:
         im, tx = [], []
         with torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
-                enc = self.processor(images=_pil(images[i:i + self.batch_size]), text=texts[i:i + self.batch_size],
+                enc = self.processor(images=to_pil(images[i:i + self.batch_size]), text=texts[i:i + self.batch_size],
                                      return_tensors="pt", padding=True, truncation=True).to(self.device)
                 vis = self.model.vision_model(pixel_values=enc["pixel_values"]).pooler_output
                 txt = self.model.text_model(input_ids=enc["input_ids"],
@@ -143,7 +129,7 @@ class DptDepth:
         import torch
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-        p = require_path(path, key, "depth model (upstream: DPT-Hybrid)")
+        p = require_path(_REWARD, path, "a local folder with the depth model (upstream: DPT-Hybrid)", key)
         self.processor = AutoImageProcessor.from_pretrained(p, local_files_only=True)
         self.model = AutoModelForDepthEstimation.from_pretrained(p, local_files_only=True).to(device).eval()
         self.device, self.batch_size, self.torch = device, batch_size, torch
@@ -154,7 +140,7 @@ class DptDepth:
         out = []
         with torch.no_grad():
             for i in range(0, len(images), self.batch_size):
-                enc = self.processor(images=_pil(images[i:i + self.batch_size]), return_tensors="pt").to(self.device)
+                enc = self.processor(images=to_pil(images[i:i + self.batch_size]), return_tensors="pt").to(self.device)
                 d = self.model(**enc).predicted_depth.float()
                 d = torch.nn.functional.interpolate(d[:, None], size=images.shape[1:3], mode="bilinear",
                                                     align_corners=True)[:, 0]
