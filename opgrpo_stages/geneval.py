@@ -9,8 +9,10 @@ Strict rule (``ImageScore.correct``), after the official GenEval
 ``evaluate`` + ``relative_position``):
 
 * keep detections with score ``> threshold`` (0.3), or ``> counting_threshold``
-  (0.9) when the tag is ``counting``; per class, sort by score descending and
-  keep at most ``max_objects`` (16). (Official NMS defaults to off, so none here.)
+  (0.9) when the tag is ``counting``; per class, sort by score descending
+  (``np.argsort(scores)[::-1]``: among equal scores the last emitted box first, see
+  ``filter_detections``) and keep at most ``max_objects`` (16). (Official NMS
+  defaults to off, so none here.)
 * each ``include`` clause (AND): take the first ``count`` objects of its class;
   fewer than ``count`` -> fail. With ``color``: all of those ``count`` objects
   must be classified as that colour. With ``position: [rel, i]``: every counted
@@ -148,28 +150,51 @@ class ImageScore:
     reasons: list[str] = field(default_factory=list)
 
 
+TIE_ORDERS = ("last", "first")
+
+
 def filter_detections(detections: Sequence[Detection], tag: str, *, threshold: float = 0.3,
-                      counting_threshold: float = 0.9, max_objects: int = 16) -> dict[str, list[Detection]]:
-    """Per class, detections above the tag's threshold, most confident first."""
+                      counting_threshold: float = 0.9, max_objects: int = 16,
+                      tie_order: str = "last") -> dict[str, list[Detection]]:
+    """Per class, detections above the tag's threshold, most confident first, at most ``max_objects``.
+
+    Official ``evaluate_image`` orders each class's boxes (in the detector's output order) by
+    ``np.argsort(scores)[::-1]``: an ascending sort reversed, so among EQUAL scores the box emitted
+    LAST comes first (``tie_order="last"``). That holds where the ascending sort keeps equal keys in
+    order, as numpy's default sort does on GenEval's pinned numpy 1.23 (insertion sort below 17
+    elements); recent numpy's SIMD argsort breaks such ties arbitrarily, so we use a stable sort to
+    get the pinned-environment order everywhere. ``"first"``: equal scores keep the emitted order."""
+    if tie_order not in TIE_ORDERS:
+        raise ValueError(f"tie_order: {tie_order!r}; expected one of {TIE_ORDERS}")
     thr = counting_threshold if tag == "counting" else threshold
+    by_class: dict[str, list[Detection]] = {}
+    for d in detections:
+        by_class.setdefault(d.label, []).append(d)
     kept: dict[str, list[Detection]] = {}
-    for d in sorted(detections, key=lambda d: -float(d.score)):
-        if float(d.score) > thr:
-            kept.setdefault(d.label, []).append(d)
-    return {k: v[:max_objects] for k, v in kept.items()}
+    for label, dets in by_class.items():
+        scores = np.array([float(d.score) for d in dets], np.float64)
+        if tie_order == "last":
+            order = np.argsort(scores, kind="stable")[::-1]
+        else:
+            order = np.argsort(-scores, kind="stable")
+        objs = [dets[i] for i in order if scores[i] > thr][:max_objects]
+        if objs:
+            kept[label] = objs
+    return kept
 
 
 def evaluate_image(metadata: Mapping[str, Any], detections: Sequence[Detection],
                    image: np.ndarray | None = None, color_classifier: ColorClassifier | None = None, *,
                    threshold: float = 0.3, counting_threshold: float = 0.9, max_objects: int = 16,
-                   position_threshold: float = 0.1, flow_grpo_position_quirk: bool = True) -> ImageScore:
+                   position_threshold: float = 0.1, flow_grpo_position_quirk: bool = True,
+                   tie_order: str = "last") -> ImageScore:
     """Strict GenEval verdict + Flow-GRPO partial credit for one image.
 
     Colours come from ``color_classifier(image, objects)`` when one is given
     (GenEval classifies only the counted objects), else from ``Detection.color``.
     """
     objects = filter_detections(detections, metadata["tag"], threshold=threshold,
-                                counting_threshold=counting_threshold, max_objects=max_objects)
+                                counting_threshold=counting_threshold, max_objects=max_objects, tie_order=tie_order)
 
     def colors_of(objs):
         if color_classifier is not None:

@@ -385,3 +385,117 @@ class _Inst:
 
     def __contains__(self, key):
         return key in self.__dict__
+
+
+# ---------------------------------------------------------------- tie order (issue 13 item 5)
+
+
+def _official_ascending_argsort(scores):
+    """numpy's default argsort as GenEval's pinned numpy 1.23.1 runs it on <= 16 keys: a plain
+    insertion sort (equal keys keep their order). Written from that rule, not from our code."""
+    idx = []
+    for i, s in enumerate(scores):
+        j = len(idx)
+        while j > 0 and scores[idx[j - 1]] > s:
+            j -= 1
+        idx.insert(j, i)
+    return idx
+
+
+def _official_kept(detections, tag, threshold=0.3, counting_threshold=0.9, max_objects=16):
+    """Official evaluate_image: per class (boxes in detector output order),
+    ordering = argsort(scores)[::-1]; keep score > threshold; first max_objects."""
+    thr = counting_threshold if tag == "counting" else threshold
+    out = {}
+    for label in dict.fromkeys(d.label for d in detections):
+        boxes = [d for d in detections if d.label == label]
+        scores = [float(d.score) for d in boxes]
+        ordering = _official_ascending_argsort(scores)[::-1]
+        ordering = [i for i in ordering if scores[i] > thr][:max_objects]
+        if ordering:
+            out[label] = [boxes[i] for i in ordering]
+    return out
+
+
+def _random_detections(rng, tied):
+    n = int(rng.integers(0, 17))
+    levels = [0.2, 0.5, 0.95, 1.0] if tied else None
+    dets = []
+    for k in range(n):
+        score = float(rng.choice(levels)) if tied else float(rng.uniform(0.0, 1.0))
+        dets.append(Detection(label=str(rng.choice(["square", "circle"])), score=score,
+                              box=(float(k), 0.0, k + 5.0, 5.0), color=str(rng.choice(["red", "blue"]))))
+    return dets
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_filter_detections_matches_official_argsort_order(tied):
+    """5,000 random detection lists: the kept objects, in order, equal the official ordering rule's
+    (with scores tied at a few levels, as the embedded detector's exact 1.0, and untied)."""
+    rng = np.random.default_rng(13 + tied)
+    differs_first = 0
+    for case in range(5000):
+        dets = _random_detections(rng, tied)
+        tag = "counting" if case % 3 == 0 else "colors"
+        want = _official_kept(dets, tag)
+        got = filter_detections(dets, tag)
+        assert {k: [id(d) for d in v] for k, v in got.items()} == {k: [id(d) for d in v] for k, v in want.items()}
+        old = filter_detections(dets, tag, tie_order="first")
+        differs_first += any([id(d) for d in old.get(k, [])] != [id(d) for d in v] for k, v in want.items())
+    # the other reading ("first emitted first") differs exactly when equal scores are kept
+    assert (differs_first > 500) if tied else (differs_first == 0)
+
+
+def test_tied_scores_strict_verdict_uses_last_emitted_box():
+    """A red prompt, two squares both at score 1.0: GenEval counts only the first ordered one,
+    i.e. the LAST emitted (red), so the verdict is correct; emission order would say blue."""
+    dets = [D("square", 0, score=1.0, color="blue"), D("square", 30, score=1.0, color="red")]
+    assert evaluate_image(RED, dets).correct
+    assert not evaluate_image(RED, dets, tie_order="first").correct
+    with pytest.raises(ValueError, match="tie_order"):
+        evaluate_image(RED, dets, tie_order="random")
+
+
+# ---------------------------------------------------------------- JPEG before the training detector (item 6)
+
+
+def _upstream_jpeg(image):
+    """Flow-GRPO geneval_score + reward server: PIL JPEG at its default quality, decoded as JPEG."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG")
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue()), formats=["jpeg"]))
+
+
+def test_geneval_reward_jpeg_roundtrip_as_upstream_and_training_only(monkeypatch):
+    from opgrpo_stages import geneval as G
+    from opgrpo_stages.stages.score import build_term
+
+    seen = []
+
+    class Recorder:
+        def __init__(self, **kw):
+            pass
+
+        def detect(self, images):
+            seen.append(np.array(images))
+            return [[] for _ in images]
+
+    monkeypatch.setitem(G.DETECTORS, "recorder", Recorder)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 48, 3), dtype=np.uint8)
+    meta = [SINGLE, SINGLE]
+    build_reward("geneval", detector="recorder", jpeg_quality=75)(images, ["p", "p"], meta)
+    build_reward("geneval", detector="recorder")(images, ["p", "p"], meta)
+    assert np.array_equal(seen[0], np.stack([_upstream_jpeg(im) for im in images]))
+    assert not np.array_equal(seen[0], images) and np.array_equal(seen[1], images)
+    # held-out evaluation (official GenEval reads PNG) drops the training-only JPEG step
+    cfg = {"world": None, "reward": {"terms": {"geneval": 1.0},
+                                     "options": {"geneval": {"detector": "recorder", "jpeg_quality": 75}}}}
+    assert build_term(cfg, "geneval").jpeg_quality == 75
+    assert build_term(cfg, "geneval", evaluation=True).jpeg_quality is None
+    for bad in (0, 101, 7.5, True):
+        with pytest.raises(ValueError, match="jpeg_quality"):
+            build_reward("geneval", detector="recorder", jpeg_quality=bad)

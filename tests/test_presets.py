@@ -51,3 +51,10 @@ def test_sd35_presets_carry_flow_grpo_settings(name):
     assert (cfg["sampling"]["num_steps"], cfg["eval"]["num_steps"]) == (10, 40)
     assert (t["group_size"], t["prompts_per_iteration"], t["lr"], t["clip_range"]) == (24, 48, 3e-4, 1e-4)
     assert t["kl_beta"] == (0.01 if "pickscore" in name else 0.04)
+
+
+def test_geneval_preset_trains_on_jpeg_like_flow_grpo():
+    from opgrpo_stages import config as C
+
+    cfg = _resolved(C.load(REPO / "presets" / "sd35_geneval.yaml"))["opgrpo"]
+    assert cfg["reward"]["options"]["geneval"]["jpeg_quality"] == 75

@@ -22,6 +22,9 @@ class Reward:
     needs: ClassVar[tuple[str, ...]] = ("images", "prompts", "metadata")
     # True when the constructor takes ``device``; the score stage then defaults it to runtime.device
     uses_device: ClassVar[bool] = False
+    # options that model the training reward only (e.g. geneval's JPEG step); the held-out
+    # evaluation builds the reward without them (opgrpo_stages.stages.score.build_term)
+    training_only_options: ClassVar[tuple[str, ...]] = ()
 
     def score(self, images: np.ndarray, prompts: list[str], metadata: list[dict]) -> dict[str, np.ndarray]:
         raise NotImplementedError

@@ -3,6 +3,13 @@
 Detector and colour classifier are looked up by name in
 :mod:`opgrpo_stages.geneval`'s registries, so switching the synthetic world for
 the real benchmark is a config change (``detector="embedded"`` -> Mask2Former).
+
+``jpeg_quality``: Flow-GRPO's training reward JPEG-encodes every image before its GenEval server
+detects (flow_grpo/rewards.py ``geneval_score``: ``Image.fromarray(image).save(buf, format="JPEG")``,
+PIL's default quality 75; the server decodes it, reward-server app_geneval.py), so detector and
+colour classifier see JPEG artefacts. Set it (75 for upstream) to do the same round trip; null
+scores the raw pixels. It is a training-only option: held-out evaluation, like official GenEval
+(which reads PNG files), always scores the raw pixels.
 """
 
 from __future__ import annotations
@@ -18,16 +25,24 @@ from . import Reward, register_reward
 @register_reward("geneval")
 class GenevalReward(Reward):
     needs = ("images", "metadata")
+    training_only_options = ("jpeg_quality",)
 
     def __init__(self, detector: str = "embedded", world: Mapping[str, Any] | None = None,
                  color_classifier: str | None = None, detector_kwargs: Mapping[str, Any] | None = None,
-                 color_classifier_kwargs: Mapping[str, Any] | None = None, **eval_kwargs):
+                 color_classifier_kwargs: Mapping[str, Any] | None = None, jpeg_quality: int | None = None,
+                 **eval_kwargs):
         """``world``: WorldSpec dict for the embedded backends (ignored by others
         unless they accept ``spec``). ``color_classifier``: name of a registered
         classifier (``embedded``, ``clip``) built with ``color_classifier_kwargs``; None uses the
         colours the detector attaches. ``detector``: ``embedded`` or ``mask2former`` (built with
         ``detector_kwargs``: checkpoint, config, device). ``eval_kwargs``
-        go to :func:`opgrpo_stages.geneval.evaluate_image` (thresholds, quirk flag)."""
+        go to :func:`opgrpo_stages.geneval.evaluate_image` (thresholds, quirk flag, tie order).
+        ``jpeg_quality``: JPEG round trip before detection (module doc), None for raw pixels."""
+        if jpeg_quality is not None and (isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, int)
+                                         or not 1 <= jpeg_quality <= 100):
+            raise ValueError(f"reward.options.geneval.jpeg_quality: {jpeg_quality!r}; expected null or an integer "
+                             f"1..100 (Flow-GRPO: 75, PIL's default)")
+        self.jpeg_quality = jpeg_quality
         kw = dict(detector_kwargs or {})
         if detector == "embedded":
             kw.setdefault("spec", world)
@@ -44,6 +59,8 @@ class GenevalReward(Reward):
         images = np.asarray(images)
         if len(metadata) != len(images):
             raise ValueError(f"{len(images)} images but {len(metadata)} metadata")
+        if self.jpeg_quality is not None:
+            images = jpeg_roundtrip(images, self.jpeg_quality)
         dets = self.detector.detect(images)
         scores = [G.evaluate_image(m, d, image=im, color_classifier=self.color_classifier, **self.eval_kwargs)
                   for m, d, im in zip(metadata, dets, images)]
@@ -51,3 +68,18 @@ class GenevalReward(Reward):
             "geneval": np.array([s.reward for s in scores], np.float64),
             "geneval_strict": np.array([float(s.correct) for s in scores], np.float64),
         }
+
+
+def jpeg_roundtrip(images: np.ndarray, quality: int) -> np.ndarray:
+    """uint8 (N, H, W, 3) images encoded as JPEG at ``quality`` and decoded again (PIL, as upstream)."""
+    import io
+
+    from PIL import Image
+
+    out = np.empty_like(images)
+    for i, im in enumerate(images):
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="JPEG", quality=quality)
+        buf.seek(0)
+        out[i] = np.asarray(Image.open(buf, formats=["jpeg"]).convert("RGB"))
+    return out

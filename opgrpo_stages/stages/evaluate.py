@@ -53,7 +53,7 @@ def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, 
     from ..formats import tables
     from ..geneval import summarize
     from .common import setup_torch
-    from .score import score_images
+    from .score import build_terms, score_images
 
     setup_torch(cfg)
     ec = cfg["eval"]
@@ -61,7 +61,8 @@ def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, 
     backbone = load_eval_backbone(cfg, policy_path, optimizer_path, embeddings_path)
     items, images = sample_eval_images(cfg, backbone, prompts, ec["samples_per_prompt"])
     cols = score_images(cfg, images, [p["prompt"] for p, _ in items],
-                        [{k: v for k, v in p.items() if k != "id"} for p, _ in items])
+                        [{k: v for k, v in p.items() if k != "id"} for p, _ in items],
+                        terms=build_terms(cfg, evaluation=True))
     correct = cols.get("geneval_strict", cols["reward"] >= 1.0) > 0.5
     df = pd.DataFrame({
         "prompt_id": [p["id"] for p, _ in items],

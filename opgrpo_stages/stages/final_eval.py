@@ -74,7 +74,7 @@ def _build_metrics(cfg: dict) -> tuple[dict, dict]:
         if name not in REWARDS:
             raise ConfigError(f"eval.metrics: unknown metric {name!r}; known: {sorted(REWARDS)}")
         try:
-            built[name] = build_term(cfg, name)
+            built[name] = build_term(cfg, name, evaluation=True)
         except ModelPathError as e:
             missing[name] = str(e)
     return built, missing

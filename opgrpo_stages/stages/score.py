@@ -11,12 +11,16 @@ import json
 import numpy as np
 
 
-def build_term(cfg: dict, name: str):
+def build_term(cfg: dict, name: str, *, evaluation: bool = False):
     """The registered reward ``name`` built from ``reward.options.<name>``, with the embedded world
-    (geneval) and ``runtime.device`` (model-based rewards) filled in unless the options set them."""
+    (geneval) and ``runtime.device`` (model-based rewards) filled in unless the options set them.
+    ``evaluation``: the held-out metric, built without the reward's training-only options."""
     from ..rewards import REWARDS, build_reward
 
     opts = dict(cfg["reward"]["options"].get(name, {}))
+    if evaluation:
+        for key in getattr(REWARDS[name], "training_only_options", ()):
+            opts.pop(key, None)
     if name == "geneval":
         opts.setdefault("world", cfg["world"])
     if getattr(REWARDS[name], "uses_device", False):
@@ -24,8 +28,9 @@ def build_term(cfg: dict, name: str):
     return build_reward(name, **opts)
 
 
-def build_terms(cfg: dict) -> dict:
-    """reward name -> Reward instance, from ``reward.terms`` and ``reward.options``."""
+def build_terms(cfg: dict, *, evaluation: bool = False) -> dict:
+    """reward name -> Reward instance, from ``reward.terms`` and ``reward.options`` (``evaluation``:
+    see build_term)."""
     from ..errors import ConfigError
     from ..rewards import REWARDS
 
@@ -33,7 +38,7 @@ def build_terms(cfg: dict) -> dict:
     for name in cfg["reward"]["terms"]:
         if name not in REWARDS:
             raise ConfigError(f"reward.terms: unknown reward {name!r}; known: {sorted(REWARDS)}")
-        terms[name] = build_term(cfg, name)
+        terms[name] = build_term(cfg, name, evaluation=evaluation)
     return terms
 
 
