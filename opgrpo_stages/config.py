@@ -14,6 +14,32 @@ from .errors import ConfigError
 
 SCHEMA_PATH = Path(str(resources.files("opgrpo_stages") / "schemas" / "config.schema.yaml"))
 
+# What a null ``model.lora.r`` / ``model.lora.alpha`` / ``model.dtype`` means per backbone: the real
+# ones take Flow-GRPO's settings (train_sd3.py / train_wan2_1.py: LoraConfig(r=32, lora_alpha=64),
+# bf16 mixed precision in every config/*.py), so a hand-written config trains what the presets do.
+BACKBONE_DEFAULTS = {
+    "tiny_unet": {"r": 8, "alpha": 16, "dtype": "float32"},
+    "sd3": {"r": 32, "alpha": 64, "dtype": "bfloat16"},
+    "wan": {"r": 32, "alpha": 64, "dtype": "bfloat16"},
+}
+
+
+def backbone_default(backbone: str, key: str):
+    """``BACKBONE_DEFAULTS[backbone][key]`` (tiny_unet's for a backbone not listed)."""
+    return BACKBONE_DEFAULTS.get(backbone, BACKBONE_DEFAULTS["tiny_unet"])[key]
+
+
+def fill_backbone_defaults(cfg: dict) -> dict:
+    """Replace null ``model.lora.r``/``alpha`` and ``model.dtype`` by the backbone's defaults (in place).
+    Done on a resolved run only: a run may switch the backbone the top level names."""
+    m = cfg["model"]
+    for key in ("r", "alpha"):
+        if m["lora"].get(key) is None:
+            m["lora"][key] = backbone_default(m["backbone"], key)
+    if m.get("dtype") is None:
+        m["dtype"] = backbone_default(m["backbone"], "dtype")
+    return cfg
+
 
 def schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
@@ -86,6 +112,7 @@ def resolve_run(cfg: dict, run: str, source: str = "config") -> dict:
     resolved = deep_merge(shared, over)
     resolved["runs"] = {run: {}}
     validate(resolved, f"{source} (runs.{run})")
+    fill_backbone_defaults(resolved)
     check_semantics(resolved, f"{source} (runs.{run})")
     resolved["run"] = run
     del resolved["runs"]

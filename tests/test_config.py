@@ -52,3 +52,17 @@ def test_unknown_world_key(tmp_path):
     cfg = C.load(p)
     with pytest.raises(ConfigError, match="world.*shapez"):
         C.resolve_run(cfg, "a")
+
+
+def test_backbone_defaults_fill_lora_and_dtype_per_run():
+    """Issue 13 item 9: without a preset, sd3/wan train Flow-GRPO's LoRA r=32/alpha=64 in bf16
+    (train_sd3.py / train_wan2_1.py LoraConfig(r=32, lora_alpha=64), mixed_precision bf16), the
+    tiny backbone keeps r=8/alpha=16; explicit keys win; a run switching the backbone gets its own."""
+    cfg = C.validate({"model": {"trainable": "lora"}, "runs": {
+        "tiny": {}, "sd3": {"model": {"backbone": "sd3", "base_weights": None}},
+        "wan": {"model": {"backbone": "wan", "base_weights": None, "dtype": "float32", "lora": {"r": 4}}}}})
+    assert cfg["model"]["lora"]["r"] is None and cfg["model"]["dtype"] is None  # top level: not yet decided
+    got = {r: C.resolve_run(cfg, r)["model"] for r in cfg["runs"]}
+    assert (got["tiny"]["lora"]["r"], got["tiny"]["lora"]["alpha"], got["tiny"]["dtype"]) == (8, 16, "float32")
+    assert (got["sd3"]["lora"]["r"], got["sd3"]["lora"]["alpha"], got["sd3"]["dtype"]) == (32, 64, "bfloat16")
+    assert (got["wan"]["lora"]["r"], got["wan"]["lora"]["alpha"], got["wan"]["dtype"]) == (4, 64, "float32")

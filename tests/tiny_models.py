@@ -134,10 +134,11 @@ if pytest is not None:
 def sd3_model_cfg(model_path, **over) -> dict:
     """``model`` config of a tiny SD3 run: 16 px images (8x8 latents)."""
     return {"backbone": "sd3", "path": str(model_path), "trainable": "lora", "base_weights": None, "height": 16,
-            "width": 16, "max_sequence_length": 16, "lora": {"r": 4, "alpha": 8}, **over}
+            "width": 16, "max_sequence_length": 16, "lora": {"r": 4, "alpha": 8}, "dtype": "float32", **over}
 
 
 def wan_model_cfg(model_path, **over) -> dict:
     """``model`` config of a tiny Wan run: 5 frames of 32x32 (latents 2x4x4)."""
     return {"backbone": "wan", "path": str(model_path), "trainable": "lora", "base_weights": None, "height": 32,
-            "width": 32, "num_frames": 5, "max_sequence_length": 16, "lora": {"r": 4, "alpha": 8}, **over}
+            "width": 32, "num_frames": 5, "max_sequence_length": 16, "lora": {"r": 4, "alpha": 8}, "dtype": "float32",
+            **over}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import backbone_default
 from ..errors import ConfigError, ModelPathError
 from .base import Backbone
 
@@ -95,7 +96,7 @@ class DiffusersBackbone(Backbone):
                               f"model.trainable: lora (got {model_cfg.get('trainable')!r})")
         self.cfg = model_cfg
         self.device = torch.device(device)
-        self.dtype = DTYPES[model_cfg.get("dtype") or "float32"]
+        self.dtype = DTYPES[model_cfg.get("dtype") or backbone_default(self.name, "dtype")]
         self.guidance_scale = float(model_cfg.get("guidance_scale", 4.5))
         h, w = model_cfg.get("height"), model_cfg.get("width")
         self.height, self.width = int(h or self.default_size[0]), int(w or self.default_size[1])
@@ -144,8 +145,8 @@ class DiffusersBackbone(Backbone):
         from peft import LoraConfig
 
         conf = LoraConfig(
-            r=int(lora.get("r", 32)),
-            lora_alpha=float(lora.get("alpha", 64)),
+            r=int(lora.get("r") or backbone_default(self.name, "r")),
+            lora_alpha=float(lora.get("alpha") or backbone_default(self.name, "alpha")),
             init_lora_weights="gaussian",
             target_modules=list(lora.get("target_modules") or self.lora_targets),
         )
@@ -250,7 +251,8 @@ class TextEncoderBase:
         self.device = torch.device(device)
         self.max_sequence_length = int(model_cfg.get("max_sequence_length") or self.default_max_sequence_length)
         self.pipe = self.pipeline_class().from_pretrained(
-            str(root), transformer=None, vae=None, dtype=DTYPES[model_cfg.get("dtype") or "float32"],
+            str(root), transformer=None, vae=None,
+            dtype=DTYPES[model_cfg.get("dtype") or backbone_default(model_cfg.get("backbone", ""), "dtype")],
             local_files_only=True,
         ).to(self.device)
 

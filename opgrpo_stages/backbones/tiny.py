@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import backbone_default
 from ..errors import ConfigError, ModelPathError
 from .base import Backbone
 
@@ -103,8 +104,8 @@ class TinyUNetBackbone(Backbone):
 
             lora = model_cfg.get("lora") or {}
             conf = LoraConfig(
-                r=int(lora.get("r", 8)),
-                lora_alpha=int(lora.get("alpha", 16)),
+                r=int(lora.get("r") or backbone_default("tiny_unet", "r")),
+                lora_alpha=int(lora.get("alpha") or backbone_default("tiny_unet", "alpha")),
                 init_lora_weights="gaussian",
                 target_modules=list(lora.get("target_modules", ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"])),
             )
