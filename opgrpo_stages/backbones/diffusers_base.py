@@ -102,6 +102,11 @@ class DiffusersBackbone(Backbone):
         self.height, self.width = int(h or self.default_size[0]), int(w or self.default_size[1])
         self._embeddings_path = prompt_embeddings
         self._embeddings = None
+        self.schedule = model_cfg.get("schedule") or "pipeline"
+        if self.schedule not in ("pipeline", "flow_match"):
+            raise ConfigError(f"model.schedule: {self.schedule!r}; expected pipeline or flow_match")
+        self._timesteps: dict[float, float] = {}
+        self._all_timesteps: dict[float, float | None] | None = None
 
     def _finish(self, transformer, vae):
         self.transformer, self.vae = transformer, vae
@@ -119,15 +124,72 @@ class DiffusersBackbone(Backbone):
         self._scheduler_config = sched
 
     def sigmas(self, num_steps: int) -> torch.Tensor:
+        """(S+1,) float32 sigmas from 1 to 0. ``model.schedule: pipeline`` (default): the snapshot's own
+        scheduler as its diffusers pipeline sets it up (``set_timesteps(S)``): SD3.5's FlowMatchEuler;
+        Wan2.1's UniPC flow sigmas (WanPipeline; Flow-GRPO's wan_pipeline_with_logprob steps its SDE on
+        ``scheduler.sigmas`` and feeds the transformer ``scheduler.timesteps``, integers). UniPC starts
+        at 1 - 1e-6 only to keep its own log(alpha) finite; we start at 1 so the SDE's sigma = 1 rule
+        applies (the transformer still gets UniPC's first timestep, 999). ``flow_match``: the
+        FlowMatchEuler schedule with the snapshot's shift and timestep sigma * 1000 (identical for SD3)."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         cfg = self._scheduler_config
-        if cfg.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
-            sched = FlowMatchEulerDiscreteScheduler.from_config(cfg)
-        else:  # Wan ships UniPC (flow sigmas from 0.9997); the SDE wants the flow-match schedule from 1
-            sched = FlowMatchEulerDiscreteScheduler(shift=self.shift, num_train_timesteps=self.num_train_timesteps)
+        if self.schedule == "flow_match" or cfg.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
+            if cfg.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
+                sched = FlowMatchEulerDiscreteScheduler.from_config(cfg)
+            else:
+                sched = FlowMatchEulerDiscreteScheduler(shift=self.shift, num_train_timesteps=self.num_train_timesteps)
+            sched.set_timesteps(num_steps)
+            return sched.sigmas.float().cpu()
+        sig, ts = self._pipeline_schedule(num_steps)
+        for k, t in zip(sig[:-1].tolist(), ts):
+            self._timesteps[k] = t  # exact for this process's schedules (rollout, evaluate)
+        return sig
+
+    def _pipeline_schedule(self, num_steps: int) -> tuple[torch.Tensor, list[float]]:
+        """(sigmas (S+1,), the transformer's timesteps (S,)) of the snapshot's scheduler."""
+        import diffusers
+
+        cfg = self._scheduler_config
+        name = cfg.get("_class_name", "")
+        cls = getattr(diffusers, name, None)
+        if cls is None or not hasattr(cls, "set_timesteps"):
+            raise ModelPathError(f"scheduler_config: _class_name {name!r} is not a diffusers scheduler")
+        sched = cls.from_config(cfg)
         sched.set_timesteps(num_steps)
-        return sched.sigmas.float().cpu()
+        sig = sched.sigmas.float().cpu().clone()
+        ts = [float(t) for t in sched.timesteps.cpu()]
+        if len(sig) != num_steps + 1 or len(ts) != num_steps or float(sig[-1]) != 0.0 or not 0.99 < float(sig[0]) <= 1:
+            raise ModelPathError(f"scheduler_config: {name} gives {len(sig)} sigmas from {float(sig[0]):.4g} to "
+                                 f"{float(sig[-1]):.4g} for {num_steps} steps; expected {num_steps + 1} from 1 to 0 "
+                                 f"(a flow-matching scheduler; or set model.schedule: flow_match)")
+        sig[0] = 1.0
+        return sig, ts
+
+    def model_timestep(self, sigma: float) -> float:
+        """The transformer's timestep at ``sigma``: the pipeline scheduler's (integer for Wan's UniPC)
+        or sigma * num_train_timesteps. A sigma this process has not scheduled (policy_update reads
+        the sigmas from the trajectories file) is looked up in the scheduler's schedules of 1..256
+        steps; a sigma on none of them (a probe) gets sigma * num_train_timesteps; a float32 sigma
+        that two schedules map to different timesteps is refused."""
+        if self.schedule == "flow_match" or self._scheduler_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
+            return float(sigma) * self.num_train_timesteps
+        t = self._timesteps.get(float(sigma))
+        if t is None:
+            if self._all_timesteps is None:
+                table: dict[float, float | None] = {}
+                for n in range(1, 257):
+                    sig, ts = self._pipeline_schedule(n)
+                    for k, v in zip(sig[:-1].tolist(), ts):
+                        table[k] = v if table.get(k, v) == v else None
+                self._all_timesteps = table
+            if float(sigma) not in self._all_timesteps:
+                return float(sigma) * self.num_train_timesteps
+            t = self._all_timesteps[float(sigma)]
+            if t is None:
+                raise ConfigError(f"sigma {float(sigma)!r} is a step of two {self.name} schedules (1..256 steps) with "
+                                  f"different timesteps; set model.schedule: flow_match")
+        return t
 
     def _from_pretrained(self, cls, sub: str, dtype):
         try:
@@ -196,7 +258,7 @@ class DiffusersBackbone(Backbone):
             x = torch.cat([x, x])
             fields = {k: torch.cat([cond["neg_" + k], v]) for k, v in fields.items()}
         fields = {k: v.to(self.device, self.dtype) for k, v in fields.items()}
-        t = torch.full((x.shape[0],), float(sigma) * self.num_train_timesteps, device=self.device)
+        t = torch.full((x.shape[0],), self.model_timestep(sigma), device=self.device)
         with self._autocast():
             out = self._forward(x, t, fields)
         out = out.float()
