@@ -66,3 +66,32 @@ def test_backbone_defaults_fill_lora_and_dtype_per_run():
     assert (got["tiny"]["lora"]["r"], got["tiny"]["lora"]["alpha"], got["tiny"]["dtype"]) == (8, 16, "float32")
     assert (got["sd3"]["lora"]["r"], got["sd3"]["lora"]["alpha"], got["sd3"]["dtype"]) == (32, 64, "bfloat16")
     assert (got["wan"]["lora"]["r"], got["wan"]["lora"]["alpha"], got["wan"]["dtype"]) == (4, 64, "float32")
+
+
+def test_setup_torch_sets_what_gpu_determinism_needs(monkeypatch):
+    """Issue 13 item 11: CUBLAS_WORKSPACE_CONFIG (unless the environment sets it), deterministic
+    algorithms (warn-only / strict / off) and cuDNN without autotuning."""
+    import torch
+
+    from opgrpo_stages.stages.common import setup_torch
+
+    def run(mode):
+        return setup_torch({"runtime": {"torch_threads": torch.get_num_threads(), "deterministic": mode}})
+
+    try:
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+        run("warn")
+        import os
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+        run("strict")
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"  # the user's own value wins
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+        run("fast")
+        assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+        with pytest.raises(ValueError, match="runtime.deterministic"):
+            run("off")
+    finally:
+        run("warn")
