@@ -1,11 +1,11 @@
 """Wan2.1 text-to-video (T2V 1.3B, the paper's "1.4B") from a local diffusers snapshot.
 
 Video latents (C, F', H/8, W/8) with F' = (F - 1) / 4 + 1, normalised per channel by the VAE's
-``latents_mean``/``latents_std``; the transformer gets the umT5
-embeddings (``model.max_sequence_length`` tokens, Wan: 512, zero-padded after the prompt); the
-transformer's timestep is the scheduler's integer timestep of the step.
-Sigmas and timesteps: the snapshot's UniPC scheduler as WanPipeline sets it up (flow sigmas with
-its ``flow_shift``, integer timesteps; ``model.schedule``, DiffusersBackbone.sigmas). ``decode``
+``latents_mean``/``latents_std``; the transformer gets the umT5 embeddings
+(``model.max_sequence_length`` tokens, Wan: 512, zero-padded after the prompt). Sigmas and
+timesteps: the snapshot's UniPC scheduler as WanPipeline sets it up (flow sigmas with its
+``flow_shift``; the transformer gets UniPC's integer timestep of the step; ``model.schedule``,
+DiffusersBackbone.sigmas). ``decode``
 returns uint8 frames (N, F, H, W, 3), which the rewards score frame by frame.
 """
 
