@@ -44,7 +44,7 @@ returns as the training reward). Same filtering, then a list of terms:
   single 0 term (2/3).
 * reward = mean of the terms (0 if none). ``exclude`` clauses are ignored (the
   exact-count term already punishes extras). Upstream JPEG-compresses images
-  before detection; we score the raw pixels.
+  before detection: the reward's ``jpeg_quality`` option (opgrpo_stages/rewards/geneval.py).
 """
 
 from __future__ import annotations
