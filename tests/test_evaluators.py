@@ -349,3 +349,25 @@ def test_unknown_server_keys_and_tools_are_config_errors():
         make_client("deqa", {"url": "http://127.0.0.1:1", "tmeout": 3})
     with pytest.raises(ConfigError, match=r"server.url is not set"):
         make_client("deqa", {})
+
+
+def test_launch_starts_configured_server_and_stops_it(tmp_path, monkeypatch):
+    """What the Snakefile's onstart/onsuccess do: start the `command` of a configured server,
+    wait for its health check, stop it at the end."""
+    from opgrpo_stages.evaluators import launch
+    from opgrpo_stages.rewards.remote import RemoteReward
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    url = _free_port_url()
+    cmd = [sys.executable, str(REPO / "servers" / "deqa_server.py"), "--port", url.rsplit(":", 1)[1],
+           "--device", "cpu", "--models", "evaluator_standins:deqa"]
+    cfg = {"reward": {"options": {"deqa": {"server": {"url": url, "command": cmd, "startup_timeout": 120}}}}}
+    started = launch.start([cfg, cfg])  # two runs, one server
+    try:
+        assert [s["name"] for s in started] == ["deqa"] and launch.STATE.exists()
+        assert RemoteReward("deqa", {"url": url}).identity["tool"] == "deqa"
+    finally:
+        launch.stop()
+    assert not launch._answers(url) and not launch.STATE.exists()
+    assert "listening on" in (tmp_path / "logs" / "evaluators" / "deqa.log").read_text()
