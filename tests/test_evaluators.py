@@ -371,3 +371,34 @@ def test_launch_starts_configured_server_and_stops_it(tmp_path, monkeypatch):
         launch.stop()
     assert not launch._answers(url) and not launch.STATE.exists()
     assert "listening on" in (tmp_path / "logs" / "evaluators" / "deqa.log").read_text()
+
+
+def test_snakemake_starts_the_server_for_the_score_stage_and_stops_it(tmp_path, monkeypatch):
+    """`server.command` set: Snakemake (onstart) starts the server, the score stage scores through
+    it (= the in-process scores), and the server is gone when the workflow ends."""
+    import yaml
+
+    from opgrpo_stages.evaluators import launch
+    from opgrpo_stages.formats import tables
+    from opgrpo_stages.stages.score import score
+
+    url = _free_port_url()
+    cmd = ["env", f"PYTHONPATH={TESTS}", sys.executable, str(REPO / "servers" / "geneval_server.py"), "--port",
+           url.rsplit(":", 1)[1], "--device", "cpu", "--models", "evaluator_standins:geneval"]
+    server = {"url": url, "command": cmd, "startup_timeout": 120, "retries": 1, "backoff": 0.05}
+    cfg = tiny_config(reward={"options": {"geneval": {"server": server}}})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    target = "runs/flowgrpo/iter_00000/rewards.parquet"
+    res = subprocess.run([sys.executable, "-m", "snakemake", target, "-s", str(REPO / "Snakefile"), "-d",
+                          str(tmp_path), "--cores", "1", "--force-use-threads", "--configfile",
+                          str(tmp_path / "config.yaml")], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert not launch._answers(url)  # stopped with the workflow
+    assert "listening on" in (tmp_path / "logs" / "evaluators" / "geneval.log").read_text()
+    monkeypatch.chdir(tmp_path)
+    paths = L.stage_paths("score", "flowgrpo", 0)
+    local = yaml.safe_load((tmp_path / "config.yaml").read_text())  # same term order as the workflow's
+    del local["reward"]["options"]["geneval"]["server"]
+    score(C.resolve_run(local, "flowgrpo"), 0, **{**paths, "out_rewards": "local.parquet"})
+    pd.testing.assert_frame_equal(tables.read(target, "rewards"), tables.read("local.parquet", "rewards"))
+    assert tables.evaluators(target)["geneval"]["tool"] == "geneval"
