@@ -3,12 +3,13 @@
 Karine-Huang/T2I-CompBench (servers/requirements-t2i_compbench.txt), scored by the project's
 rules (``opgrpo_stages/t2i_compbench``: :class:`T2ICompBench` with these models as its backends):
 
-* vqa: the repository's BLIP VQA (``BLIPvqa_eval/BLIP``, ``blip_vqa``, ViT-B, 480 px,
+* vqa: the repository's BLIP VQA (``BLIPvqa_eval/models/blip_vqa.py``, ViT-B, 480 px,
   ``model_base_vqa_capfilt_large.pth``): p(yes), p(no) of the first answer token;
 * detector: UniDet ``Unified_learned_OCIM_RS200_6x+2x`` through detectron2
   (``UniDet_eval/experts/model_bank.py``), labels from ``dataset/detection_features.pt``; boxes
   in the 480-px resized frame the benchmark's 150-px distance rule is written for;
-* depth: the repository's DPT-Hybrid (``dpt_hybrid-midas-501f0c75.pt``, 480x480 input);
+* depth: the repository's DPT-Hybrid (``dpt_hybrid-midas-501f0c75.pt``, 480x480 input), at image
+  size, 8-bit as the benchmark stores it;
 * clip: OpenAI CLIP ViT-B/32 (``clip`` package).
 
 Each category is served only when its models loaded (``categories`` in the health answer).
@@ -34,7 +35,7 @@ from opgrpo_stages.t2i_compbench import CATEGORIES, NEEDS, T2ICompBench  # noqa:
 
 TOOL = "t2i_compbench"
 PACKAGES = ("torch", "torchvision", "detectron2", "timm", "transformers", "clip", "numpy", "Pillow")
-BLIP_WEIGHTS = "BLIPvqa_eval/BLIP/model_base_vqa_capfilt_large.pth"
+BLIP_WEIGHTS = "BLIPvqa_eval/model_base_vqa_capfilt_large.pth"  # the URL of BLIPvqa_eval/configs/vqa.yaml
 UNIDET_WEIGHTS = "UniDet_eval/experts/expert_weights/Unified_learned_OCIM_RS200_6x+2x.pth"
 DPT_WEIGHTS = "UniDet_eval/experts/expert_weights/dpt_hybrid-midas-501f0c75.pt"
 
@@ -58,20 +59,25 @@ def to_pil(images):
 
 
 class BlipVqaOfficial:
-    def __init__(self, repo: Path, device):
+    """``BLIPvqa_eval/models/blip_vqa.py`` (``vqa_prob``): question tokenised (longest padding,
+    max 35 tokens, first token = [ENC]), text encoder over the ViT tokens, decoder started with
+    token 30522 ([DEC]); softmax of its first logits at "yes" (2748) and "no" (2053). Images:
+    480x480 bicubic, CLIP mean/std (``BLIPvqa_eval/data/__init__.py``)."""
+
+    START, YES, NO = 30522, 2748, 2053
+
+    def __init__(self, repo: Path, weights: Path, device):
         import torch
         from torchvision import transforms
         from torchvision.transforms.functional import InterpolationMode
 
         with inside(repo / "BLIPvqa_eval"):
-            from BLIP.models.blip_vqa import blip_vqa
+            from models.blip_vqa import blip_vqa
 
-            self.model = blip_vqa(pretrained=str(repo / BLIP_WEIGHTS), image_size=480, vit="base").to(device).eval()
+            self.model = blip_vqa(pretrained=str(weights), image_size=480, vit="base").to(device).eval()
         self.transform = transforms.Compose([
             transforms.Resize((480, 480), interpolation=InterpolationMode.BICUBIC), transforms.ToTensor(),
             transforms.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
-        tok = self.model.tokenizer
-        self.yes_id, self.no_id = tok("yes").input_ids[1], tok("no").input_ids[1]
         self.torch, self.device = torch, device
 
     def answer_probabilities(self, images, questions):
@@ -79,18 +85,18 @@ class BlipVqaOfficial:
         out = np.zeros((len(questions), 2))
         with torch.no_grad():
             for i, (im, q) in enumerate(zip(to_pil(images), questions)):  # one by one: no padding effects
-                x = self.transform(im)[None].to(self.device)
-                emb = m.visual_encoder(x)
+                emb = m.visual_encoder(self.transform(im)[None].to(self.device))
                 att = torch.ones(emb.shape[:-1], dtype=torch.long, device=self.device)
-                qt = m.tokenizer([q], padding="longest", return_tensors="pt").to(self.device)
+                qt = m.tokenizer([q], padding="longest", truncation=True, max_length=35,
+                                 return_tensors="pt").to(self.device)
                 qt.input_ids[:, 0] = m.tokenizer.enc_token_id
                 qo = m.text_encoder(qt.input_ids, attention_mask=qt.attention_mask, encoder_hidden_states=emb,
                                     encoder_attention_mask=att, return_dict=True).last_hidden_state
-                bos = torch.full((1, 1), m.tokenizer.bos_token_id, device=self.device)
-                logits = m.text_decoder(bos, encoder_hidden_states=qo, encoder_attention_mask=qt.attention_mask,
-                                        return_dict=True).logits[:, 0, :]
+                start = torch.full((1, 1), self.START, dtype=torch.long, device=self.device)
+                logits = m.text_decoder(start, encoder_hidden_states=qo, encoder_attention_mask=qt.attention_mask,
+                                        return_dict=True, reduction="none").logits[:, 0, :]
                 p = torch.softmax(logits.float(), -1)[0]
-                out[i] = [float(p[self.yes_id]), float(p[self.no_id])]
+                out[i] = [float(p[self.YES]), float(p[self.NO])]
         return out
 
 
@@ -125,6 +131,10 @@ class UniDetOfficial:
 
 
 class DptOfficial:
+    """``UniDet_eval/3D_spatial_eval.py``: DPT-Hybrid inverse depth, min-max normalised, bilinearly
+    resized (align_corners) to the image and stored as an 8-bit PNG that the scorer reads back:
+    the same 8-bit quantisation here."""
+
     def __init__(self, repo: Path, device):
         import torch
 
@@ -140,10 +150,14 @@ class DptOfficial:
         out = []
         with torch.no_grad():
             for im in to_pil(images):
-                d = self.model(self.transform(im)[None].to(self.device)).float()
-                d = torch.nn.functional.interpolate(d[:, None] if d.ndim == 3 else d, size=(480, 480),
+                from PIL import Image
+
+                d = self.model(self.transform(im)[None].to(self.device)).float()[0]
+                d = (d - d.min()) / (d.max() - d.min()).clamp_min(1e-12)
+                d = torch.nn.functional.interpolate(d.reshape(1, 1, *d.shape[-2:]), size=(im.size[1], im.size[0]),
                                                     mode="bilinear", align_corners=True)[0, 0]
-                out.append(((d - d.min()) / (d.max() - d.min()).clamp_min(1e-12)).cpu().numpy())
+                q = np.asarray(Image.fromarray(255 * d.cpu().numpy()).convert("L"), np.float64) / 255.0
+                out.append(q)
         return np.stack(out).astype(np.float64)
 
 
@@ -169,7 +183,7 @@ def official_models(args):
     repo = Path(args.repo or "")
     if not (repo / "UniDet_eval").is_dir():
         raise S.StartupError(TOOL, f"--repo {args.repo}: expected a checkout of Karine-Huang/T2I-CompBench")
-    loaders = {"vqa": (lambda: BlipVqaOfficial(repo, args.device), repo / BLIP_WEIGHTS),
+    loaders = {"vqa": (lambda: BlipVqaOfficial(repo, repo / BLIP_WEIGHTS, args.device), repo / BLIP_WEIGHTS),
                "detector": (lambda: UniDetOfficial(repo, args.device), repo / UNIDET_WEIGHTS),
                "depth": (lambda: DptOfficial(repo, args.device), repo / DPT_WEIGHTS),
                "clip": (lambda: ClipOfficial(args.clip_cache, args.device), Path(args.clip_cache or "") / "ViT-B-32.pt")}
