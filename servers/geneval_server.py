@@ -132,11 +132,12 @@ def official_models(args):
     for p, what in ((ckpt, "--detector-dir"), (config, "--mmdet-dir (an mmdetection 2.x checkout)")):
         if not p.exists():
             raise S.StartupError(TOOL, f"{p} does not exist (from {what})")
-    clip_file = Path(args.clip_cache) / "ViT-L-14.pt"
-    if not clip_file.exists():
-        raise S.StartupError(TOOL, f"{clip_file} does not exist (--clip-cache: open_clip's OpenAI ViT-L-14 file)")
+    clip_dir = Path(args.clip_cache or "")
+    if not args.clip_cache or not clip_dir.is_dir() or not any(clip_dir.iterdir()):
+        raise S.StartupError(TOOL, f"--clip-cache {args.clip_cache}: expected the folder open_clip filled with "
+                                   f"create_model_and_transforms('ViT-L-14', pretrained='openai', cache_dir=...)")
     identity = {"checkpoints": {"mask2former": S.sha256_file(ckpt), "mmdet_config": S.sha256_file(config),
-                                "clip_vit_l_14": S.sha256_file(clip_file)},
+                                "clip_vit_l_14": S.sha256_tree(clip_dir)},
                 "models": {"detector": MASK2FORMER_CONFIG[:-3], "color_classifier": "open_clip ViT-L-14 openai"}}
     return OfficialDetector(config, ckpt, args.device), OpenClipColors("ViT-L-14", str(args.clip_cache),
                                                                         args.device), identity
@@ -166,7 +167,8 @@ def main(argv=None):
     ap = S.parser(TOOL, 18085)
     ap.add_argument("--detector-dir", help="folder with mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth")
     ap.add_argument("--mmdet-dir", help="mmdetection 2.x checkout (its configs/)")
-    ap.add_argument("--clip-cache", help="open_clip cache folder holding ViT-L-14.pt")
+    ap.add_argument("--clip-cache", help="open_clip cache_dir holding the OpenAI ViT-L-14 weights (fetched once with "
+                                         "internet; run with HF_HUB_OFFLINE=1)")
     args = ap.parse_args(argv)
     check_cuda_ops(args.device)
     detector, colors, identity = S.stand_in(args.models, args) if args.models else official_models(args)
