@@ -88,7 +88,7 @@ class OpenClipColors:
 def check_cuda_ops(device: str) -> None:
     """Refuse to start when the GPU's architecture is missing from torch's or mmcv's CUDA build:
     Mask2Former's pixel decoder runs mmcv's multi-scale deformable attention kernel, compared
-    here with mmcv's pure-PyTorch reference on random inputs."""
+    here with mmcv's pure-PyTorch reference on random inputs (:func:`check_op`)."""
     if not device.startswith("cuda"):
         return
     import torch
@@ -100,29 +100,40 @@ def check_cuda_ops(device: str) -> None:
     if arch not in torch.cuda.get_arch_list():
         raise S.StartupError(TOOL, f"torch {torch.__version__} has no kernels for this GPU ({arch}; built for "
                                    f"{torch.cuda.get_arch_list()}): install a torch build for it (docs/evaluators.md)")
-    hint = (f"mmcv-full's CUDA ops do not work on this GPU ({arch}); rebuild mmcv-full from source with "
-            f"MMCV_WITH_OPS=1 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST={major}.{minor} "
-            f"(geneval issues #12, #15; docs/evaluators.md)")
     try:
         from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttnFunction,
                                                       multi_scale_deformable_attn_pytorch)
+    except Exception as e:
+        raise S.StartupError(TOOL, f"mmcv-full's CUDA ops cannot be imported ({type(e).__name__}: {e}); "
+                                   f"install mmcv-full with its ops (docs/evaluators.md)") from None
+    check_op(device, f"{major}.{minor}", MultiScaleDeformableAttnFunction.apply, multi_scale_deformable_attn_pytorch)
+    torch.cuda.synchronize()
 
-        g = torch.Generator().manual_seed(0)
-        shapes = torch.tensor([[6, 4], [3, 2]], dtype=torch.long)
-        start = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]])
-        n_keys, bs, heads, dim, queries, points = int((shapes[:, 0] * shapes[:, 1]).sum()), 2, 2, 8, 5, 4
-        value = torch.rand(bs, n_keys, heads, dim, generator=g)
-        loc = torch.rand(bs, queries, heads, len(shapes), points, 2, generator=g)
-        w = torch.rand(bs, queries, heads, len(shapes), points, generator=g)
-        w = w / w.sum((-1, -2), keepdim=True)
-        ref = multi_scale_deformable_attn_pytorch(value, shapes, loc, w)
-        cuda = [t.to(device) for t in (value, shapes, start, loc, w)]
-        out = MultiScaleDeformableAttnFunction.apply(*cuda, 64).cpu()
-        torch.cuda.synchronize()
-    except Exception as e:  # "no kernel image is available for execution on the device", missing ops
+
+def check_op(device: str, arch: str, op, reference, tolerance: float = 1e-4) -> None:
+    """``op(value, shapes, level_start, locations, weights, im2col_step)`` on ``device`` against
+    ``reference(value, shapes, locations, weights)`` on the CPU; refuses to start on an exception
+    ("no kernel image is available for execution on the device") or a difference."""
+    import torch
+
+    hint = (f"mmcv-full's CUDA ops do not work on this GPU (compute capability {arch}); rebuild mmcv-full from "
+            f"source with MMCV_WITH_OPS=1 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST={arch} "
+            f"(geneval issues #12, #15; docs/evaluators.md)")
+    g = torch.Generator().manual_seed(0)
+    shapes = torch.tensor([[6, 4], [3, 2]], dtype=torch.long)
+    start = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]])
+    n_keys, bs, heads, dim, queries, points = int((shapes[:, 0] * shapes[:, 1]).sum()), 2, 2, 8, 5, 4
+    value = torch.rand(bs, n_keys, heads, dim, generator=g)
+    loc = torch.rand(bs, queries, heads, len(shapes), points, 2, generator=g)
+    w = torch.rand(bs, queries, heads, len(shapes), points, generator=g)
+    w = w / w.sum((-1, -2), keepdim=True)
+    ref = reference(value, shapes, loc, w)
+    try:
+        out = op(*[t.to(device) for t in (value, shapes, start, loc, w)], 64).cpu()
+    except Exception as e:
         raise S.StartupError(TOOL, f"{hint}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
-    err = float((out - ref).abs().max())
-    if not err < 1e-4:
+    err = float((out - ref).abs().max()) if out.shape == ref.shape else float("inf")
+    if not err < tolerance:
         raise S.StartupError(TOOL, f"{hint}: its deformable-attention kernel differs from the reference by {err:.3g}")
 
 

@@ -402,3 +402,30 @@ def test_snakemake_starts_the_server_for_the_score_stage_and_stops_it(tmp_path, 
     score(C.resolve_run(local, "flowgrpo"), 0, **{**paths, "out_rewards": "local.parquet"})
     pd.testing.assert_frame_equal(tables.read(target, "rewards"), tables.read("local.parquet", "rewards"))
     assert tables.evaluators(target)["geneval"]["tool"] == "geneval"
+
+
+def test_geneval_server_refuses_mmcv_ops_that_disagree_with_the_reference(capsys):
+    """The start-up check of mmcv's deformable-attention kernel (stand-ins for the kernel and its
+    PyTorch reference): a kernel that differs, or that fails, stops the server with why."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "servers"))
+    import geneval_server as GS
+
+    def reference(value, shapes, loc, w):
+        return value.sum() * w.sum(-1).sum(-1).reshape(2, 5, 2, 1).expand(2, 5, 2, 8).reshape(2, 5, 16)
+
+    def good(value, shapes, start, loc, w, step):
+        return reference(value, shapes, loc, w)
+
+    GS.check_op("cpu", "9.0", good, reference)  # agrees: starts
+    for bad, why in ((lambda *a: good(*a) + 1e-3, "differs from the reference by 0.001"),
+                     (lambda *a: (_ for _ in ()).throw(RuntimeError("no kernel image is available")),
+                      "no kernel image is available")):
+        with pytest.raises(SystemExit) as e:
+            GS.check_op("cpu", "9.0", bad, reference)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "refusing to start: mmcv-full's CUDA ops do not work on this GPU" in err and why in err
+        assert "TORCH_CUDA_ARCH_LIST=9.0" in err
+    assert torch.is_tensor(reference(torch.ones(2, 20, 2, 8), None, None, torch.ones(2, 5, 2, 2, 4)))
