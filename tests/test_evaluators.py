@@ -31,21 +31,27 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 
 
-def start_server(tool: str, folder: Path, *extra: str, device: str = "cpu"):
-    """(process, url); the server writes its URL to a ready file once it listens."""
+def launch_server(tool: str, folder: Path, *extra: str, device: str = "cpu"):
+    """(process, ready file, log file) of a server starting on a free loopback port."""
     ready = folder / f"{tool}-{time.monotonic_ns()}.json"
-    log = open(folder / f"{ready.stem}.log", "w")
+    log = folder / f"{ready.stem}.log"
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    p = subprocess.Popen([sys.executable, str(REPO / "servers" / f"{tool}_server.py"), "--port", "0", "--device",
-                          device, "--ready-file", str(ready), "--models", f"evaluator_standins:{tool}", *extra],
-                         env=env, stdout=log, stderr=log)
-    deadline = time.monotonic() + 120
+    with open(log, "w") as f:
+        p = subprocess.Popen([sys.executable, str(REPO / "servers" / f"{tool}_server.py"), "--port", "0", "--device",
+                              device, "--ready-file", str(ready), "--models", f"evaluator_standins:{tool}", *extra],
+                             env=env, stdout=f, stderr=f)
+    return p, ready, log
+
+
+def wait_ready(p, ready: Path, log: Path, limit: float = 120.0) -> str:
+    """The server's URL once it listens (bounded wait)."""
+    deadline = time.monotonic() + limit
     while not ready.exists():
         if p.poll() is not None or time.monotonic() > deadline:
             p.kill()
-            raise RuntimeError(f"{tool} server did not start: {(folder / f'{ready.stem}.log').read_text()}")
+            raise RuntimeError(f"server did not start: {log.read_text()}")
         time.sleep(0.05)
-    return p, json.loads(ready.read_text())["url"]
+    return json.loads(ready.read_text())["url"]
 
 
 def stop(p):
@@ -60,10 +66,12 @@ def stop(p):
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     folder = tmp_path_factory.mktemp("servers")
-    started = {t: start_server(t, folder) for t in ("geneval", "deqa", "t2i_compbench")}
-    yield {t: url for t, (_, url) in started.items()}
-    for p, _ in started.values():
-        stop(p)
+    launched = {t: launch_server(t, folder) for t in ("geneval", "deqa", "t2i_compbench")}  # start together
+    try:
+        yield {t: wait_ready(*launched[t]) for t in launched}
+    finally:
+        for p, _, _ in launched.values():
+            stop(p)
 
 
 def server_opts(url, **kw):

@@ -74,7 +74,7 @@ class RemoteT2ICompBench:
 
     def unavailable(self, category: str) -> str | None:
         why = self.available.get(category, "not served")
-        return None if why == "ok" else f"evaluator {self.client.url}: {why}"
+        return None if why == "ok" else f"not served by the t2i_compbench evaluator server ({why})"
 
     def score_category(self, category, images, prompts, metadata=None) -> np.ndarray:
         meta = [{**(m or {}), "category": category} for m in (metadata or [{} for _ in prompts])]
