@@ -437,3 +437,46 @@ def test_geneval_server_refuses_mmcv_ops_that_disagree_with_the_reference(capsys
         assert "refusing to start: mmcv-full's CUDA ops do not work on this GPU" in err and why in err
         assert "TORCH_CUDA_ARCH_LIST=9.0" in err
     assert torch.is_tensor(reference(torch.ones(2, 20, 2, 8), None, None, torch.ones(2, 5, 2, 2, 4)))
+
+
+def test_t2i_server_serves_only_categories_whose_models_loaded():
+    from evaluator_standins import IDENTITY, t2i_compbench_models
+
+    sys.path.insert(0, str(REPO / "servers"))
+    import t2i_compbench_server as TS
+
+    models = t2i_compbench_models()
+    del models["depth"]
+    tool = TS.T2ICompBenchTool(models, {"depth": "dpt.pt does not exist"}, IDENTITY)
+    assert tool.categories["3d_spatial"] == "depth: dpt.pt does not exist"
+    assert {c for c, v in tool.categories.items() if v == "ok"} == {
+        "color", "shape", "texture", "spatial", "numeracy", "non_spatial", "complex"}
+    img = np.zeros((1, 16, 16, 3), np.uint8)
+    with pytest.raises(ValueError, match="category '3d_spatial' is not served"):
+        tool.score(["0"], list(img), ["a cat in front of a dog"], [{"category": "3d_spatial"}])
+
+
+def test_deqa_prompt_tokens_follow_mplug_owl2_tokenizer_image_token():
+    """One BOS, the image index -200 where <|image|> was, each chunk's own BOS dropped (upstream
+    ``tokenizer_image_token``: chunks joined by [-200] * (offset + 1), each sliced [offset:])."""
+    sys.path.insert(0, str(REPO / "servers"))
+    import deqa_server as DS
+
+    class Tok:
+        bos_token_id = 1
+
+        def __call__(self, text):
+            class R:
+                input_ids = [1] + [100 + len(w) for w in text.split()]
+            return R()
+
+    m = DS.OfficialDeqa.__new__(DS.OfficialDeqa)
+    m.tokenizer = Tok()
+    a, b = DS.PROMPT.split("<|image|>")
+    want = [1] + Tok()(a).input_ids[1:] + [-200] + Tok()(b).input_ids[1:]
+    assert m.tokenizer_image_token(DS.PROMPT) == want
+    # the score: softmax over the five level logits . (5, 4, 3, 2, 1), from the formula
+    z = np.array([[2.0, 1.0, 0.0, -1.0, -3.0], [0.0] * 5])
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    np.testing.assert_allclose(DS.score_from_level_logits(z), p @ [5, 4, 3, 2, 1], rtol=1e-14)
+    assert DS.score_from_level_logits(z)[1] == pytest.approx(3.0)
