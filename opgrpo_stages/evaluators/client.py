@@ -45,8 +45,7 @@ class EvaluatorClient:
     def error(self, problem) -> EvaluatorError:
         return EvaluatorError(self.reward, self.url, problem)
 
-    def _once(self, method: str, route: str, body, timeout: float):
-        data = None if body is None else json.dumps(body).encode()
+    def _once(self, method: str, route: str, data: bytes | None, timeout: float):
         req = urllib.request.Request(self.url + route, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
         try:
@@ -106,7 +105,7 @@ class EvaluatorClient:
                                        ids, self.image_encoding)
             except P.ProtocolError as e:
                 raise self.error(e) from None
-            resp = self._request("POST", "/v1/score", body, self.timeout)
+            resp = self._request("POST", "/v1/score", json.dumps(body).encode(), self.timeout)
             try:
                 out += P.check_response(resp, self.tool, ids, self.identity, self.sub_scores)
             except P.ProtocolError as e:
