@@ -138,7 +138,10 @@ def serve(tool, args) -> None:
         tmp = f"{args.ready_file}.tmp{os.getpid()}"
         Path(tmp).write_text(json.dumps({"url": url, "pid": os.getpid()}))
         os.replace(tmp, args.ready_file)
-    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt  # leave serve_forever and close the socket
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     print(f"{tool.name} evaluator server listening on {url} (protocol {P.PROTOCOL})", file=sys.stderr, flush=True)
     try:
         httpd.serve_forever()

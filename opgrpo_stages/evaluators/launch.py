@@ -47,13 +47,13 @@ def _answers(url: str) -> bool:
 def start(cfgs, log_dir="logs/evaluators") -> list[dict]:
     """Start the configured servers; returns what was started (also kept in STATE for stop())."""
     started = []
-    Path(log_dir).mkdir(parents=True, exist_ok=True)
     try:
         for url, (name, server) in wanted(cfgs).items():
             if _answers(url):
                 continue  # already running (the user's, or a previous workflow's): not ours to stop
             cmd = server["command"]
             argv = shlex.split(cmd) if isinstance(cmd, str) else [str(c) for c in cmd]
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
             log = open(Path(log_dir) / f"{name}.log", "ab")
             p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             _PROCS[p.pid] = p
