@@ -24,14 +24,23 @@ for _lock in locks.clear_stale_locks():
 
 onstart:
     locks.record_lock_owner()
+    from opgrpo_stages.evaluators import launch  # evaluator servers with a `command` (docs/evaluators.md)
+
+    launch.start(RUN_CFG.values())
 
 
 onsuccess:
     locks.release_lock_owner()
+    from opgrpo_stages.evaluators import launch
+
+    launch.stop()
 
 
 onerror:
     locks.release_lock_owner()
+    from opgrpo_stages.evaluators import launch
+
+    launch.stop()
 
 
 C.validate(config, "config.yaml")  # first: its one-line error names the key (snakemake's is a schema dump)

@@ -1,6 +1,7 @@
 """Safe loading: the package never unpickles (``torch.load`` only with ``weights_only=True``, no
 pickle), writes artifacts as safetensors / Parquet (plus JSON Lines prompts and PNG previews),
-and never listens on the network."""
+and never listens on the network. The only listeners are the evaluator servers, programs of
+their own in ``servers/`` (docs/evaluators.md): they never unpickle and bind loopback by default."""
 
 import ast
 import os
@@ -61,6 +62,22 @@ def test_package_never_unpickles_or_serves():
     assert bad == []
     snakefile = (REPO / "Snakefile").read_text()  # Snakemake syntax, not plain Python: its rules call the package
     assert not re.search(r"torch\.load|pickle|http\.server|\.listen\(", snakefile)
+
+
+def test_evaluator_servers_never_unpickle_and_bind_loopback_by_default():
+    servers = sorted((REPO / "servers").glob("*.py"))
+    assert {p.name for p in servers} >= {"_serve.py", "geneval_server.py", "deqa_server.py", "t2i_compbench_server.py"}
+    bad = []
+    for path in servers:
+        bad += [v for v in _violations(ast.parse(path.read_text()), path.relative_to(REPO))
+                if "server" not in v and "serve_forever" not in v]  # serving is their job, unpickling is not
+    assert bad == []
+    import sys
+
+    sys.path.insert(0, str(REPO / "servers"))
+    import _serve
+
+    assert _serve.parser("x", 1).parse_args([]).host == "127.0.0.1"
 
 
 def _listening_socket_inodes():

@@ -94,13 +94,23 @@ def _check(path, df, kind: str, extra_float: bool = False):
         raise ArtifactError(path, f"column '{key}' has duplicate value {dup!r}")
 
 
-def write(path, df, kind: str) -> None:
-    """Validate and write atomically (no pandas index, deterministic bytes)."""
+EVALUATORS_KEY = b"opgrpo.evaluators"  # Parquet key-value metadata: JSON {reward: evaluator server identity}
+
+
+def write(path, df, kind: str, evaluators: dict | None = None) -> None:
+    """Validate and write atomically (no pandas index, deterministic bytes). ``evaluators``: the
+    identities of the evaluator servers that scored the table (docs/evaluators.md), if any."""
+    import json
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     _check(path, df, kind, extra_float=kind in ("rewards", "update_metrics"))
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    if evaluators:
+        meta = dict(table.schema.metadata or {})
+        meta[EVALUATORS_KEY] = json.dumps(evaluators, sort_keys=True).encode()
+        table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
@@ -117,6 +127,16 @@ def read(path, kind: str):
         raise ArtifactError(path, f"not a readable Parquet file (truncated or corrupt?): {exc}") from None
     _check(path, df, kind, extra_float=kind in ("rewards", "update_metrics"))
     return df
+
+
+def evaluators(path) -> dict:
+    """The evaluator server identities recorded in a table ({} when it was scored in-process)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta[EVALUATORS_KEY]) if EVALUATORS_KEY in meta else {}
 
 
 def check_aligned(samples_path, samples, other_path, other) -> None:

@@ -53,16 +53,17 @@ def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, 
     from ..formats import tables
     from ..geneval import summarize
     from .common import setup_torch
+    from ..rewards.remote import identities
     from .score import build_terms, score_images
 
     setup_torch(cfg)
+    terms = build_terms(cfg, evaluation=True)  # first: an evaluator server's health check fails before any sampling
     ec = cfg["eval"]
     prompts = prompts_fmt.read(prompts_path)
     backbone = load_eval_backbone(cfg, policy_path, optimizer_path, embeddings_path)
     items, images = sample_eval_images(cfg, backbone, prompts, ec["samples_per_prompt"])
     cols = score_images(cfg, images, [p["prompt"] for p, _ in items],
-                        [{k: v for k, v in p.items() if k != "id"} for p, _ in items],
-                        terms=build_terms(cfg, evaluation=True))
+                        [{k: v for k, v in p.items() if k != "id"} for p, _ in items], terms)
     correct = cols.get("geneval_strict", cols["reward"] >= 1.0) > 0.5
     df = pd.DataFrame({
         "prompt_id": [p["id"] for p, _ in items],
@@ -73,7 +74,7 @@ def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, 
         "correct": np.asarray(correct, dtype=bool),
         **cols,
     })
-    tables.write(out_table, df, "eval")
+    tables.write(out_table, df, "eval", evaluators=identities(terms))
     if out_grid:
         n = min(cfg["report"]["grid_prompts"], len(images))
         images_fmt.save_grid(out_grid, images[:n], ncol=min(n, 6))

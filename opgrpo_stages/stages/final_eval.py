@@ -131,7 +131,10 @@ def final_eval(cfg: dict, *, model: str, checkpoint: str, prompts_path, eval_tab
     rows += [_row(model, checkpoint, k, "table1", name, reason=why) for name, why in missing.items()]
     rows += _t2i_rows(cfg, t2i, get_backbone, model, checkpoint, k, t2i_embeddings_path)
     df = pd.DataFrame(rows)
-    tables.write(out_table, df, "final_eval")
+    from ..rewards.remote import identities
+
+    tables.write(out_table, df, "final_eval", evaluators=identities({**built, "t2i_compbench_table2": t2i}
+                                                                   if t2i is not None else built))
     log.info("final evaluation of %s (%s, iteration %d):\n%s", model, checkpoint, k,
              df[["table", "metric", "value", "status", "reason"]].to_string(index=False))
     return {"iteration": k, "table": df}
@@ -143,7 +146,12 @@ def _t2i_setup(cfg: dict):
     tc = cfg["eval"]["t2i_compbench"]
     if not tc["categories"]:
         return None
-    return T2ICompBench(**cfg["reward"]["options"].get("t2i_compbench", {}))
+    opts = cfg["reward"]["options"].get("t2i_compbench", {})
+    if opts.get("server"):  # Table 2 scored by a T2I-CompBench++ evaluator server
+        from ..rewards.remote import RemoteT2ICompBench
+
+        return RemoteT2ICompBench(opts["server"])
+    return T2ICompBench(**opts)
 
 
 def _t2i_rows(cfg, bench, get_backbone, model, checkpoint, k, embeddings_path=None) -> list[dict]:

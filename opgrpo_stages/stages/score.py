@@ -18,6 +18,10 @@ def build_term(cfg: dict, name: str, *, evaluation: bool = False):
     from ..rewards import REWARDS, build_reward
 
     opts = dict(cfg["reward"]["options"].get(name, {}))
+    if opts.get("server"):  # scored by an evaluator server in the tool's own environment
+        from ..rewards.remote import RemoteReward
+
+        return RemoteReward(name, opts["server"])
     if evaluation:
         for key in getattr(REWARDS[name], "training_only_options", ()):
             opts.pop(key, None)
@@ -70,6 +74,9 @@ def score(cfg: dict, iteration: int, *, images_path, samples_path, out_rewards) 
         from ..errors import ArtifactError
 
         raise ArtifactError(images_path, f"holds {len(images)} images but {samples_path} lists {len(samples)} samples")
-    cols = score_images(cfg, images, list(samples["prompt"]), [json.loads(m) for m in samples["metadata"]])
+    from ..rewards.remote import identities
+
+    terms = build_terms(cfg)
+    cols = score_images(cfg, images, list(samples["prompt"]), [json.loads(m) for m in samples["metadata"]], terms)
     df = pd.DataFrame({"sample_id": samples["sample_id"].to_numpy(), "reward": cols.pop("reward"), **cols})
-    tables.write(out_rewards, df, "rewards")
+    tables.write(out_rewards, df, "rewards", evaluators=identities(terms))

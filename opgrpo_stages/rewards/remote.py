@@ -1,0 +1,87 @@
+"""Rewards scored by an evaluator server in the tool's own environment (docs/evaluators.md).
+
+``reward.options.<name>.server`` (name: geneval, deqa, t2i_compbench) switches that reward from
+in-process to remote; columns are the same as in-process, so every consumer (score, evaluate,
+final_eval) is unchanged. The server's identity is kept on the reward and recorded in the tables
+the stage writes (:func:`identities`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ConfigError
+from . import Reward
+
+# reward name -> (tool, first column, {sub-score: column})
+REMOTE_TOOLS = {
+    "geneval": ("geneval", "geneval", {"strict": "geneval_strict"}),
+    "deqa": ("deqa", "deqa", {}),
+    "t2i_compbench": ("t2i_compbench", "t2i_compbench", {}),
+}
+SERVER_KEYS = {"url", "timeout", "connect_timeout", "retries", "backoff", "batch_size", "image_encoding",
+               "use_env_proxy", "command", "startup_timeout"}
+
+
+def make_client(name: str, server: dict):
+    from ..evaluators.client import EvaluatorClient
+
+    if name not in REMOTE_TOOLS:
+        raise ConfigError(f"reward.options.{name}.server: no evaluator server exists for {name!r} "
+                          f"(servers: {sorted(REMOTE_TOOLS)})")
+    server = dict(server or {})
+    unknown = set(server) - SERVER_KEYS
+    if unknown:
+        raise ConfigError(f"reward.options.{name}.server: unknown keys {sorted(unknown)}; known: {sorted(SERVER_KEYS)}")
+    if not server.get("url"):
+        raise ConfigError(f"reward.options.{name}.server.url is not set: the evaluator's base URL "
+                          f"(e.g. http://127.0.0.1:18085)")
+    tool, _, subs = REMOTE_TOOLS[name]
+    kw = {k: v for k, v in server.items() if k not in ("url", "command", "startup_timeout")}
+    return EvaluatorClient(name, tool, server["url"], sub_scores=tuple(subs), **kw)
+
+
+class RemoteReward(Reward):
+    """A reward whose scores come from an evaluator server; the health and identity check runs at
+    construction (stage start)."""
+
+    needs = ("images", "prompts", "metadata")
+
+    def __init__(self, name: str, server: dict):
+        self.name = name
+        self.client = make_client(name, server)
+        self.identity = self.client.connect()
+        self.last_records: list[dict] = []
+
+    def score(self, images, prompts, metadata) -> dict[str, np.ndarray]:
+        _, col, subs = REMOTE_TOOLS[self.name]
+        recs = self.client.score(np.asarray(images), list(prompts), list(metadata))
+        self.last_records = recs
+        out = {col: np.array([r["score"] for r in recs], np.float64)}
+        for sub, c in subs.items():
+            out[c] = np.array([r["sub_scores"][sub] for r in recs], np.float64)
+        return out
+
+
+class RemoteT2ICompBench:
+    """Table 2 through a T2I-CompBench++ server: the same ``unavailable`` / ``score_category``
+    interface as :class:`opgrpo_stages.t2i_compbench.T2ICompBench`."""
+
+    def __init__(self, server: dict):
+        self.client = make_client("t2i_compbench", server)
+        self.identity = self.client.connect()
+        self.available = dict(self.client.health.get("categories") or {})
+
+    def unavailable(self, category: str) -> str | None:
+        why = self.available.get(category, "not served")
+        return None if why == "ok" else f"not served by the t2i_compbench evaluator server ({why})"
+
+    def score_category(self, category, images, prompts, metadata=None) -> np.ndarray:
+        meta = [{**(m or {}), "category": category} for m in (metadata or [{} for _ in prompts])]
+        recs = self.client.score(np.asarray(images), list(prompts), meta)
+        return np.array([r["score"] for r in recs], np.float64)
+
+
+def identities(objs: dict) -> dict:
+    """name -> server identity of the remote ones among ``objs`` (rewards or benches)."""
+    return {k: v.identity for k, v in objs.items() if getattr(v, "identity", None) is not None}

@@ -1,0 +1,151 @@
+"""HTTP front shared by the evaluator servers (protocol: docs/evaluators.md). Standard library
+only, plus the project's pure-python modules (standard library + numpy), found through the
+repository root: a tool's environment needs no install of this project.
+
+A server binds 127.0.0.1 unless ``--host`` says otherwise; it handles one request at a time
+(the models run one batch at a time anyway), each socket read/write bounded by ``--io-timeout``,
+each body by ``--max-body-mb``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import os
+import signal
+import sys
+import traceback
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from opgrpo_stages.evaluators import protocol as P  # noqa: E402
+
+
+class StartupError(SystemExit):
+    """The server refuses to start (the message says why); exit status 2."""
+
+    def __init__(self, tool: str, why: str):
+        print(f"{tool} evaluator server: refusing to start: {why}", file=sys.stderr)
+        super().__init__(2)
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_tree(path) -> str:
+    """sha256 of a file, or of a directory's (relative name, file sha256) list (a model snapshot)."""
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        h.update(f"{f.relative_to(p).as_posix()}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def package_versions(names) -> dict:
+    from importlib import metadata
+
+    out = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def parser(tool: str, default_port: int) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=f"{tool} evaluator server (docs/evaluators.md)")
+    ap.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    ap.add_argument("--port", type=int, default=default_port, help="0 = any free port (see --ready-file)")
+    ap.add_argument("--ready-file", help="written (JSON: url, pid) once the server listens")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--io-timeout", type=float, default=120.0)
+    ap.add_argument("--max-body-mb", type=float, default=1024.0)
+    ap.add_argument("--models", help="MODULE:FUNCTION returning stand-in models instead of the official ones "
+                                     "(tests); called with the parsed arguments")
+    return ap
+
+
+def stand_in(spec: str, args):
+    mod, fn = spec.split(":", 1)
+    return getattr(importlib.import_module(mod), fn)(args)
+
+
+def serve(tool, args) -> None:
+    """``tool``: ``name``, ``identity`` (dict), ``score(ids, images, prompts, metadata) -> records``
+    and optionally ``categories`` (dict category -> "ok" or why not)."""
+    health = {"protocol": P.PROTOCOL, "identity": tool.identity, "max_batch": args.max_batch}
+    if getattr(tool, "categories", None) is not None:
+        health["categories"] = tool.categories
+    max_body = int(args.max_body_mb * 2 ** 20)
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = args.io_timeout  # bounds every read/write of a connection
+
+        def log_message(self, fmt, *a):
+            print(f"{tool.name} server: {fmt % a}", file=sys.stderr)
+
+        def _send(self, obj, code=200):
+            data = json.dumps(obj).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.path == "/v1/health":
+                return self._send(health)
+            self._send({"error": f"no route GET {self.path}"}, 404)
+
+        def do_POST(self):
+            if self.path != "/v1/score":
+                return self._send({"error": f"no route POST {self.path}"}, 404)
+            n = int(self.headers.get("Content-Length") or -1)
+            if not 0 <= n <= max_body:
+                return self._send({"error": f"request body of {n} bytes: expected 0..{max_body}"}, 413)
+            try:
+                ids, images, prompts, metadata = P.parse_request(json.loads(self.rfile.read(n)), tool.name)
+                if len(ids) > args.max_batch:
+                    raise P.ProtocolError(f"{len(ids)} items in one request: at most {args.max_batch}")
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                return self._send({"error": " ".join(str(e).split())}, 400)
+            try:
+                records = tool.score(ids, images, prompts, metadata)
+            except Exception as e:  # a scoring failure is the server's: 500, logged in full here
+                traceback.print_exc()
+                return self._send({"error": f"{type(e).__name__}: {' '.join(str(e).split())}"}, 500)
+            self._send({"protocol": P.PROTOCOL, "identity": tool.identity, "records": records})
+
+    httpd = HTTPServer((args.host, args.port), Handler)
+    host, port = httpd.server_address[:2]
+    url = f"http://{host}:{port}"
+    if args.ready_file:
+        tmp = f"{args.ready_file}.tmp{os.getpid()}"
+        Path(tmp).write_text(json.dumps({"url": url, "pid": os.getpid()}))
+        os.replace(tmp, args.ready_file)
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt  # leave serve_forever and close the socket
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    print(f"{tool.name} evaluator server listening on {url} (protocol {P.PROTOCOL})", file=sys.stderr, flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
