@@ -1,4 +1,5 @@
-"""Glue for the Snakefile: per-rule log files for stages that run inside the Snakemake process."""
+"""Glue for the Snakefile: per-rule log files for stages that run inside the Snakemake process,
+each in a resident-models scope (``opgrpo_stages/resident.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import threading
 from pathlib import Path
 
 from .faults import fault
+from .resident import STATS, resident_models
 
 
 _IMPORT_LOCK = threading.Lock()
@@ -46,8 +48,12 @@ def rule_log(path):
     logger.addHandler(handler)
     if os.environ.get("SLURM_JOB_ID"):  # which cluster job ran this stage (resuming, accounting)
         logger.info("SLURM job %s on %s", os.environ["SLURM_JOB_ID"], socket.gethostname())
+    logger.info("worker pid %d", os.getpid())  # every stage of a cluster job: one process
     try:
-        yield logger
+        with resident_models():  # models stay loaded in this process between stages
+            yield logger
+        logger.info("resident models built in this process: backbone_loads=%d reward_builds=%d",
+                    STATS["backbone"], STATS["reward"])
         fault("rule_done", path)  # outputs complete, Snakemake not yet told
     except BaseException:
         logger.exception("stage failed")

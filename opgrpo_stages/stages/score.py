@@ -14,6 +14,7 @@ import numpy as np
 def build_term(cfg: dict, name: str):
     """The registered reward ``name`` built from ``reward.options.<name>``, with the embedded world
     (geneval) and ``runtime.device`` (model-based rewards) filled in unless the options set them."""
+    from ..resident import lend
     from ..rewards import REWARDS, build_reward
 
     opts = dict(cfg["reward"]["options"].get(name, {}))
@@ -21,7 +22,9 @@ def build_term(cfg: dict, name: str):
         opts.setdefault("world", cfg["world"])
     if getattr(REWARDS[name], "uses_device", False):
         opts.setdefault("device", cfg.get("runtime", {}).get("device", "cpu"))
-    return build_reward(name, **opts)
+    # one instance per process and options inside a resident worker (opgrpo_stages/resident.py)
+    key = (name, json.dumps(opts, sort_keys=True, default=str))
+    return lend("reward", key, lambda: build_reward(name, **opts))[0]
 
 
 def build_terms(cfg: dict) -> dict:
