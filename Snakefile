@@ -4,7 +4,6 @@
 # Every stage is a plain function (opgrpo_stages.stages.*) also runnable as `opgrpo <stage>`.
 # Stages run inside the Snakemake process (`run:`), so torch is imported once, not per job;
 # rollout and policy_update with `distributed.processes` > 1 run under `accelerate launch` instead.
-import os
 import sys
 from types import SimpleNamespace as Namespace
 
@@ -24,12 +23,15 @@ for _lock in locks.clear_stale_locks():
     print(f"opgrpo: removed stale lock .snakemake/locks/{_lock} of a Snakemake process that is gone", file=sys.stderr)
 
 
-# A cluster job's own Snakemake (inside sbatch, then srun) runs a group's `run:` rules in
-# subprocesses unless told --force-use-threads, which the executor passes to non-group jobs only.
-# The jobs inherit this environment, and Snakemake reads SNAKEMAKE_PROFILE when no --profile is
-# given: so every stage of a cluster job runs as a thread of one process, its models resident
-# (opgrpo_stages/resident.py; docs/architecture.md "Resident worker").
-os.environ["SNAKEMAKE_PROFILE"] = os.path.join(workflow.basedir, "profiles", "slurm", "job")
+# Inside a cluster job, its own Snakemake (remote mode, local executor) would start every `run:`
+# stage of the group in a new process: the executor passes --force-use-threads to single-rule jobs
+# only, and remote mode reads no profile. Run them as threads of that one process instead, so the
+# job's models stay loaded across its stages (opgrpo_stages/resident.py; docs/architecture.md
+# "Resident worker"). The outer Snakemake (submitting jobs, or profiles/local) is unaffected.
+if workflow.remote_exec:
+    from opgrpo_stages.smk import run_group_stages_in_threads
+
+    run_group_stages_in_threads()
 
 
 onstart:
@@ -44,6 +46,12 @@ onerror:
     locks.release_lock_owner()
 
 
+_tflops = config.get("cluster", {}).get("tflops")
+if isinstance(_tflops, str):  # profiles/slurm sets it with `config:`, whose nested values arrive as strings
+    try:
+        config["cluster"]["tflops"] = float(_tflops)
+    except ValueError:
+        pass  # validation names the key
 C.validate(config, "config.yaml")  # first: its one-line error names the key (snakemake's is a schema dump)
 validate(config, str(C.SCHEMA_PATH))
 C.expand_seed_runs(config)  # `seeds:` adds <run>-seed<k> runs and the `seeds` experiment

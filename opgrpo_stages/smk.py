@@ -74,3 +74,23 @@ def run_stage(stage: str, fn, cfg: dict, iteration: int, paths: dict, log_path) 
         return
     with rule_log(log_path):
         fn(cfg, iteration, **paths)
+
+
+def run_group_stages_in_threads() -> None:
+    """Make this Snakemake process's local executor run ``run:`` jobs as threads, as
+    ``--force-use-threads`` does. Called by the Snakefile only inside a cluster job (remote exec
+    mode), where the executor plugin interface (``RealExecutor.get_job_args``) leaves that flag off
+    for group jobs and no profile is read. Snakemake >= 9.20 (the Snakefile's min_version): its
+    local executor reads ``use_threads`` once, when it is created."""
+    from snakemake.executors import local
+
+    if getattr(local.Executor, "_opgrpo_threads", False):
+        return
+    created = local.Executor.__post_init__
+
+    def __post_init__(self):
+        created(self)
+        self.use_threads = True
+
+    local.Executor.__post_init__ = __post_init__
+    local.Executor._opgrpo_threads = True
