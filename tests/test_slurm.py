@@ -150,7 +150,7 @@ def test_slurm_jobs_are_resident_workers_and_evaluation_does_not_block_training(
 
     wd = _experiment(tmp_path / "wd")
     cmd = _snakemake_cmd(wd, _slurm_profile(tmp_path / "profile", hold_eval=True))
-    last_policy = wd / f"runs/{RUN}/iter_{ITERATIONS - 1:05d}/policy.safetensors"
+    next_job_trained = wd / f"runs/{RUN}/iter_{PER_JOB:05d}/trajectories.safetensors"  # job 2 is under way
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=slurm)
     held_while_training, released = None, set()
@@ -159,8 +159,8 @@ def test_slurm_jobs_are_resident_workers_and_evaluation_does_not_block_training(
             assert time.monotonic() - t0 < LIMIT_S, "the run did not finish"
             queue = _queue(slurm)
             held = {i for i, (_state, comment) in queue.items() if "eval" in comment and i not in released}
-            if held_while_training is None and last_policy.exists():
-                # the last training job has finished while the first job's evaluation sat held in the queue
+            if held_while_training is None and next_job_trained.exists():
+                # the second training job is running while the first job's evaluations sit held in the queue
                 held_while_training = {queue[i][1] for i in held if queue[i][0] == "PENDING"}
             if held and held_while_training is not None:  # from then on, let the evaluations run
                 subprocess.run(["scontrol", "release", *sorted(held)], env=slurm, capture_output=True)
@@ -173,14 +173,18 @@ def test_slurm_jobs_are_resident_workers_and_evaluation_does_not_block_training(
     print(f"snakemake --profile slurm: {time.monotonic() - t0:.0f} s, exit {proc.returncode}")
     assert proc.returncode == 0, out[-6000:]
     assert held_while_training and any("00001" in c for c in held_while_training), (
-        f"evaluation of iteration 1 was not waiting in the queue when iteration {ITERATIONS - 1} finished "
-        f"training: {held_while_training}")
+        f"evaluation of iteration 1 was not waiting in the queue when iteration {PER_JOB} had sampled: "
+        f"{held_while_training}")
 
     # every stage of a training job ran in one process of that job, which built the backbone once
     jobs = {}
     for k in range(ITERATIONS):
         for stage in ("rollout", "score", "buffer_update", "policy_update"):
-            jobs.setdefault(k // PER_JOB, set()).add(_worker_of(wd / f"logs/{RUN}/iter_{k:05d}/{stage}.log"))
+            log = wd / f"logs/{RUN}/iter_{k:05d}/{stage}.log"
+            if stage == "buffer_update" and k == ITERATIONS - 1:
+                assert not log.exists()  # the last buffer is no one's input
+                continue
+            jobs.setdefault(k // PER_JOB, set()).add(_worker_of(log))
     jobs[0].add(_worker_of(wd / f"logs/{RUN}/init_policy.log"))
     for j, workers in jobs.items():
         assert len({(job, pid) for job, pid, _ in workers}) == 1, f"job {j}: stages ran in several processes {workers}"
