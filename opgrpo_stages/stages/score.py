@@ -14,7 +14,6 @@ import numpy as np
 def build_term(cfg: dict, name: str):
     """The registered reward ``name`` built from ``reward.options.<name>``, with the embedded world
     (geneval) and ``runtime.device`` (model-based rewards) filled in unless the options set them."""
-    from ..resident import lend
     from ..rewards import REWARDS, build_reward
 
     opts = dict(cfg["reward"]["options"].get(name, {}))
@@ -22,21 +21,24 @@ def build_term(cfg: dict, name: str):
         opts.setdefault("world", cfg["world"])
     if getattr(REWARDS[name], "uses_device", False):
         opts.setdefault("device", cfg.get("runtime", {}).get("device", "cpu"))
-    # one instance per process and options inside a resident worker (opgrpo_stages/resident.py)
-    key = (name, json.dumps(opts, sort_keys=True, default=str))
-    return lend("reward", key, lambda: build_reward(name, **opts))[0]
+    return build_reward(name, **opts)
 
 
 def build_terms(cfg: dict) -> dict:
     """reward name -> Reward instance, from ``reward.terms`` and ``reward.options``."""
     from ..errors import ConfigError
+    from ..resident import lend
     from ..rewards import REWARDS
 
     terms = {}
     for name in cfg["reward"]["terms"]:
         if name not in REWARDS:
             raise ConfigError(f"reward.terms: unknown reward {name!r}; known: {sorted(REWARDS)}")
-        terms[name] = build_term(cfg, name)
+        # the training reward: one instance per process and options inside a resident worker
+        # (opgrpo_stages/resident.py); final_eval's metrics are built per stage and freed after it
+        key = (name, json.dumps(cfg["reward"]["options"].get(name, {}), sort_keys=True, default=str),
+               json.dumps(cfg.get("world"), sort_keys=True, default=str), cfg.get("runtime", {}).get("device", "cpu"))
+        terms[name] = lend("reward", key, lambda name=name: build_term(cfg, name))[0]
     return terms
 
 
