@@ -2,8 +2,9 @@
 #   snakemake --profile profiles/local          the default (embedded) experiment and its report
 #   snakemake -f runs/flowgrpo/iter_00003/rewards.parquet   rerun one stage of one iteration
 # Every stage is a plain function (opgrpo_stages.stages.*) also runnable as `opgrpo <stage>`.
-# Stages run inside the Snakemake process (`run:`), so torch is imported once, not per job;
-# rollout and policy_update with `distributed.processes` > 1 run under `accelerate launch` instead.
+# Stages run inside the Snakemake process (`run:`), as threads, also inside a cluster job: torch is
+# imported and the models are loaded once per process (opgrpo_stages/resident.py); rollout and
+# policy_update with `distributed.processes` > 1 run under `accelerate launch` instead.
 import sys
 from types import SimpleNamespace as Namespace
 
