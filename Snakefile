@@ -2,9 +2,11 @@
 #   snakemake --profile profiles/local          the default (embedded) experiment and its report
 #   snakemake -f runs/flowgrpo/iter_00003/rewards.parquet   rerun one stage of one iteration
 # Every stage is a plain function (opgrpo_stages.stages.*) also runnable as `opgrpo <stage>`.
-# Stages run inside the Snakemake process (`run:`), so torch is imported once, not per job;
-# rollout and policy_update with `distributed.processes` > 1 run under `accelerate launch` instead.
+# Stages run inside the Snakemake process (`run:`), as threads, also inside a cluster job: torch is
+# imported and the models are loaded once per process (opgrpo_stages/resident.py); rollout and
+# policy_update with `distributed.processes` > 1 run under `accelerate launch` instead.
 import sys
+from types import SimpleNamespace as Namespace
 
 from snakemake.utils import min_version, validate
 
@@ -20,6 +22,17 @@ configfile: "config.yaml"
 # a killed earlier run left its locks: rerunning the same command resumes (opgrpo_stages/locks.py)
 for _lock in locks.clear_stale_locks():
     print(f"opgrpo: removed stale lock .snakemake/locks/{_lock} of a Snakemake process that is gone", file=sys.stderr)
+
+
+# Inside a cluster job, its own Snakemake (remote mode, local executor) would start every `run:`
+# stage of the group in a new process: the executor passes --force-use-threads to single-rule jobs
+# only, and remote mode reads no profile. Run them as threads of that one process instead, so the
+# job's models stay loaded across its stages (opgrpo_stages/resident.py; docs/architecture.md
+# "Resident worker"). The outer Snakemake (submitting jobs, or profiles/local) is unaffected.
+if workflow.remote_exec:
+    from opgrpo_stages.smk import run_group_stages_in_threads
+
+    run_group_stages_in_threads()
 
 
 onstart:
@@ -43,6 +56,12 @@ onerror:
     launch.stop()
 
 
+_tflops = config.get("cluster", {}).get("tflops")
+if isinstance(_tflops, str):  # profiles/slurm sets it with `config:`, whose nested values arrive as strings
+    try:
+        config["cluster"]["tflops"] = float(_tflops)
+    except ValueError:
+        pass  # validation names the key
 C.validate(config, "config.yaml")  # first: its one-line error names the key (snakemake's is a schema dump)
 validate(config, str(C.SCHEMA_PATH))
 C.expand_seed_runs(config)  # `seeds:` adds <run>-seed<k> runs and the `seeds` experiment
@@ -73,6 +92,21 @@ def iteration_group(w):
 def cluster_job(run, k):
     n = RUN_CFG[run]["cluster"]["iterations_per_job"]
     return f"{run}-iters{k // n * n:05d}"
+
+
+def eval_job(w):
+    """Held-out evaluation of an iteration: a cluster job of its own, which starts when the
+    training job that wrote its policy ends and runs beside the next training job."""
+    return f"{w.run}-eval{int(w.iter):05d}"
+
+
+def stage_resources(stage):
+    """Slurm runtime (minutes) and host memory of one stage, from the run's config
+    (opgrpo_stages/cluster.py); a group job sums the runtimes of its stages."""
+    from opgrpo_stages import cluster
+
+    return dict(runtime=lambda w: cluster.runtime_minutes(cfg_of(w.run), stage),
+                mem_mb=lambda w: cluster.mem_mb(cfg_of(w.run), stage))
 
 
 wildcard_constraints:
@@ -184,6 +218,8 @@ rule init_policy:
         buffer_table=L.buffer("{run}", -1)[1],
     group:
         iteration_group
+    resources:
+        **stage_resources("init_policy"),
     log:
         "logs/{run}/init_policy.log",
     run:
@@ -214,6 +250,7 @@ rule rollout:
     threads: workflow.cores
     resources:
         gpu=lambda w: cfg_of(w.run)["distributed"]["processes"],  # one GPU per data-parallel process
+        **stage_resources("rollout"),
     run:
         from opgrpo_stages.smk import run_stage
         from opgrpo_stages.stages.rollout import rollout
@@ -234,6 +271,8 @@ rule score:
         rewards=L.rewards("{run}", "{iter}"),
     group:
         iteration_group
+    resources:
+        **stage_resources("score"),
     log:
         "logs/{run}/iter_{iter}/score.log",
     benchmark:
@@ -258,6 +297,8 @@ rule buffer_update:
         buffer_table=L.buffer("{run}", "{iter}")[1],
     group:
         iteration_group
+    resources:
+        **stage_resources("buffer_update"),
     log:
         "logs/{run}/iter_{iter}/buffer_update.log",
     run:
@@ -291,6 +332,7 @@ rule policy_update:
     threads: workflow.cores
     resources:
         gpu=lambda w: cfg_of(w.run)["distributed"]["processes"],  # one GPU per data-parallel process
+        **stage_resources("policy_update"),
     run:
         from opgrpo_stages.smk import run_stage
         from opgrpo_stages.stages.policy_update import policy_update
@@ -312,7 +354,9 @@ rule evaluate:
         table=L.eval_table("{run}", "{iter}"),
         grid=L.eval_grid("{run}", "{iter}"),
     group:
-        iteration_group
+        eval_job  # not in the training job: training of the next iterations does not wait for it
+    resources:
+        **stage_resources("evaluate"),
     log:
         "logs/{run}/eval_{iter}.log",
     threads: workflow.cores
@@ -361,7 +405,7 @@ rule final_eval:  # Table 1/2 metrics of a run's intermediate or best checkpoint
     wildcard_constraints:
         checkpoint="intermediate|best",
     group:
-        lambda w: cluster_job(w.run, last_iter(w.run))  # in the run's last cluster job
+        lambda w: eval_job(Namespace(run=w.run, iter=L.eval_iterations(RUN_CFG[w.run])[-1]))  # with the last evaluation
     log:
         "logs/{run}/final_{checkpoint}.log",
     threads: workflow.cores

@@ -9,19 +9,34 @@ targets, CFG 4.5 inside ``velocity``), then times, at 512 px (64x64 latents) wit
   Flow-GRPO's SDE log-prob, clipped surrogate, backward, plus the KL reference forward
   (adapter off), then an AdamW step -> samples/s.
 
-Achieved TFLOP/s = FLOPs counted by ``torch.utils.flop_counter`` on one call / measured time.
-Random prompt embeddings stand in for the text encoders (77 CLIP + 128 T5 tokens, as Flow-GRPO).
+It measures what production runs (issue 11): the preset's settings (``--preset``, default
+presets/sd35_geneval.yaml: dtype, sampling batch, training microbatch, KL beta, steps, noise level,
+gradient checkpointing, decode batch), the stages' torch set-up (``stages.common.setup_torch``: no
+TF32, deterministic kernels, as production; nothing here changes precision), and the stages' device
+placement: trajectories live on the CPU as policy_update reads them, so the SDE log-prob and the
+surrogate run where ``policy_update`` runs them (``velocity`` returns float32 on the input's device).
 
-    python benchmarks/sd35_gpu.py            # one GPU, bf16, under 5 minutes on an H200
+Per phase: wall time, GPU-busy time (CUDA events around every transformer call and VAE decode,
+summed), peak GPU memory (reset at the start of the phase), achieved TFLOP/s (FLOPs counted by
+``torch.utils.flop_counter`` on one call, times the calls) and MFU against the dense bf16 peak
+(``--peak-tflops``, 989 for an H200 SXM). Random prompt embeddings stand in for the text encoders
+(77 CLIP + 128 T5 tokens, as Flow-GRPO).
+
+    python benchmarks/sd35_gpu.py            # one GPU, under 5 minutes on an H200
     python benchmarks/sd35_gpu.py --tiny     # a tiny model on the CPU in seconds (checks the script)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from pathlib import Path
 
 import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
 
 SD35_MEDIUM_TRANSFORMER = {  # stabilityai/stable-diffusion-3.5-medium transformer/config.json
     "sample_size": 128, "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 24,
@@ -50,6 +65,48 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+class GpuBusy:
+    """Sums GPU time inside the backbone's transformer calls and decodes (CUDA events recorded
+    around each call, read after the phase), to set against the phase's wall time."""
+
+    def __init__(self, bb, device):
+        self.device, self.spans = device, []
+        for name in ("velocity", "decode"):
+            fn = getattr(bb, name)
+            setattr(bb, name, self._timed(fn))
+
+    def _timed(self, fn):
+        def call(*a, **k):
+            if self.device.type != "cuda":
+                return fn(*a, **k)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn(*a, **k)
+            end.record()
+            self.spans.append((start, end))
+            return out
+        return call
+
+    @contextlib.contextmanager
+    def phase(self, name, flops_fn, peak_tflops):
+        """Times a phase; ``flops_fn()`` (called after it) gives the phase's FLOPs."""
+        self.spans = []
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync(self.device)
+        t0 = time.perf_counter()
+        yield
+        sync(self.device)
+        wall = time.perf_counter() - t0
+        busy = sum(s.elapsed_time(e) for s, e in self.spans) / 1e3 if self.device.type == "cuda" else float("nan")
+        flops = flops_fn()
+        peak = torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else float("nan")
+        print(f"  {name}: wall {wall:.2f} s, GPU busy {busy:.2f} s ({busy / wall:.0%} of wall), "
+              f"peak GPU memory {peak:.1f} GiB, {flops / wall / 1e12:.3g} TFLOP/s achieved, "
+              f"MFU {flops / wall / 1e12 / peak_tflops:.1%} of {peak_tflops:g} TFLOP/s")
+        self.last = dict(wall=wall, busy=busy, flops=flops, peak=peak)
+
+
 def build(args, device):
     from diffusers import AutoencoderKL, SD3Transformer2DModel
 
@@ -60,10 +117,13 @@ def build(args, device):
     with torch.device(device):  # random init directly on the GPU (2.5B parameters)
         transformer = SD3Transformer2DModel(**tcfg)
         vae = AutoencoderKL(**vcfg)
+    pm = args.preset_cfg["model"]
     model_cfg = {
-        "backbone": "sd3", "trainable": "lora", "dtype": args.dtype, "guidance_scale": 4.5,
+        "backbone": "sd3", "trainable": "lora", "dtype": args.dtype, "guidance_scale": pm["guidance_scale"],
         "height": args.size, "width": args.size, "gradient_checkpointing": args.checkpointing,
-        "decode_batch_size": args.batch, "lora": {"r": 32, "alpha": 64, "target_modules": SD3_LORA_TARGETS},
+        "decode_batch_size": args.decode_batch,
+        "lora": {"r": pm["lora"]["r"], "alpha": pm["lora"]["alpha"],
+                 "target_modules": pm["lora"].get("target_modules", SD3_LORA_TARGETS)},
     }
     bb = SD3Backbone.from_components(model_cfg, transformer, vae, SD35_SCHEDULER, device=str(device))
     n_params = sum(p.numel() for p in transformer.parameters())
@@ -90,7 +150,7 @@ def count_flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_rollout(bb, tcfg, args, device):
+def bench_rollout(bb, tcfg, args, device, busy):
     from opgrpo_stages.sampling import per_sample_noise, sample_sde
 
     gen = torch.Generator().manual_seed(1)
@@ -105,24 +165,28 @@ def bench_rollout(bb, tcfg, args, device):
         return bb.decode(lat[:, -1])
 
     run(min(2, n))  # warm-up (kernels, allocator)
-    sync(device)
-    t0 = time.perf_counter()
-    images = run(n)
-    sync(device)
-    dt = time.perf_counter() - t0
-    x = init[:1].to(device)
+    x = init[:1]
     c1 = {k: v[:1] for k, v in cond.items()}
-    with torch.no_grad():
-        f_step = count_flops(lambda: bb.velocity(x, 0.5, c1))  # one image, one guided step (2 forwards)
-        f_dec = count_flops(lambda: bb.decode(init[:1]))
-    flops = n * (args.steps * f_step + f_dec)
-    print(f"rollout: {n} images {images.shape[1]}x{images.shape[2]}, {args.steps} steps, CFG, batch {args.batch}: "
-          f"{dt:.2f} s, {n / dt:.2f} images/s, {flops / dt / 1e12:.3g} TFLOP/s "
-          f"({args.steps * f_step / 1e12:.3g} TFLOP/image in the transformer)")
+    flops = {}
+
+    def count():
+        with torch.no_grad():
+            flops["step"] = count_flops(lambda: bb.velocity(x, 0.5, c1))  # one image, one guided step
+            flops["dec"] = count_flops(lambda: bb.decode(init[:1]))
+        return n * (args.steps * flops["step"] + flops["dec"])
+
+    print(f"rollout: {n} images {args.size}x{args.size}, {args.steps} SDE steps, CFG, batch {args.batch} "
+          f"(sampling.sample_sde + decode, as the rollout stage)")
+    with busy.phase("rollout", count, args.peak_tflops):
+        with torch.no_grad():
+            run(n)
+    dt = busy.last["wall"]
+    print(f"  {n / dt:.2f} images/s; {args.steps * flops['step'] / 1e12:.3g} TFLOP/image in the transformer, "
+          f"{flops['dec'] / 1e12:.3g} in the decode")
     return n / dt
 
 
-def bench_update(bb, tcfg, args, device):
+def bench_update(bb, tcfg, args, device, busy):
     from opgrpo_stages.grpo import clipped_surrogate, kl_to_reference
     from opgrpo_stages.sde import num_train_steps, sde_step, transition_mean
 
@@ -131,7 +195,8 @@ def bench_update(bb, tcfg, args, device):
     n = mb * args.update_microbatches
     cond = random_cond(n, tcfg, args.text_tokens, gen)
     sig = [float(s) for s in bb.sigmas(args.steps)]
-    steps = list(range(num_train_steps(args.steps, 0.99)))
+    steps = list(range(num_train_steps(args.steps, args.timestep_fraction)))
+    # on the CPU, as policy_update holds the trajectories it read: the SDE maths run where it runs them
     lat = torch.randn((n, args.steps + 1, *bb.latent_shape), generator=gen)
     logp_old = torch.zeros(n, args.steps)
     adv = torch.randn(n, generator=gen)
@@ -141,16 +206,16 @@ def bench_update(bb, tcfg, args, device):
     def train_chunk(idx, only_step=None):
         c = {k: v[idx] for k, v in cond.items()}
         for j in ([only_step] if only_step is not None else steps):
-            x, x_next = lat[idx, j].to(device), lat[idx, j + 1].to(device)
+            x, x_next = lat[idx, j], lat[idx, j + 1]
             v = bb.velocity(x, sig[j], c)
-            st = sde_step(v, x, sig[j], sig[j + 1], noise_level=0.7, sigma_max=sig[1], prev_sample=x_next,
-                          kind="flow_grpo", reduction="mean")
-            per_sample, _, _ = clipped_surrogate(st.log_prob, logp_old[idx, j].to(device), adv[idx].to(device), 1e-4)
+            st = sde_step(v, x, sig[j], sig[j + 1], noise_level=args.noise_level, sigma_max=sig[1],
+                          prev_sample=x_next, kind=args.sde, reduction=args.reduction)
+            per_sample, _, _ = clipped_surrogate(st.log_prob, logp_old[idx, j], adv[idx], args.clip_range)
             loss = per_sample.sum() / (n * len(steps))
             if args.kl_beta > 0:
                 with torch.no_grad(), bb.reference():
                     v_ref = bb.velocity(x, sig[j], c)
-                mean_ref = transition_mean(x, v_ref, sig[j], sig[j + 1], 0.7, sig[1], "flow_grpo")
+                mean_ref = transition_mean(x, v_ref, sig[j], sig[j + 1], args.noise_level, sig[1], args.sde)
                 loss = loss + args.kl_beta * kl_to_reference(st.mean, mean_ref, st.std).sum() / (n * len(steps))
             loss.backward()
 
@@ -163,49 +228,62 @@ def bench_update(bb, tcfg, args, device):
 
     train_chunk(torch.arange(0, 1), only_step=0)  # warm-up
     opt.zero_grad(set_to_none=True)
-    sync(device)
-    t0 = time.perf_counter()
-    run()
-    sync(device)
-    dt = time.perf_counter() - t0
-    opt.zero_grad(set_to_none=True)
-    f_sample_step = count_flops(lambda: train_chunk(torch.arange(0, 1), only_step=0))
-    opt.zero_grad(set_to_none=True)
-    flops = n * len(steps) * f_sample_step
+    per = {}
+
+    def count():
+        opt.zero_grad(set_to_none=True)
+        per["sample_step"] = count_flops(lambda: train_chunk(torch.arange(0, 1), only_step=0))
+        opt.zero_grad(set_to_none=True)
+        return n * len(steps) * per["sample_step"]
+
     print(f"policy update: {n} samples x {len(steps)} trained steps, CFG, KL beta {args.kl_beta}, microbatch {mb}"
-          f"{', checkpointing' if args.checkpointing else ''}: {dt:.2f} s, {n / dt:.3f} samples/s, "
-          f"{flops / dt / 1e12:.3g} TFLOP/s ({len(steps) * f_sample_step / 1e12:.3g} TFLOP/sample)")
+          f"{', checkpointing' if args.checkpointing else ''} (policy_update's loop, SDE maths on the CPU as there)")
+    with busy.phase("policy update", count, args.peak_tflops):
+        run()
+    dt = busy.last["wall"]
+    print(f"  {n / dt:.3f} samples/s; {len(steps) * per['sample_step'] / 1e12:.3g} TFLOP/sample")
     return n / dt
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny model on the CPU, float32 (checks the script)")
-    ap.add_argument("--batch", type=int, default=16, help="rollout samples per transformer call (x2 with CFG)")
-    ap.add_argument("--rollout-batches", type=int, default=2)
-    ap.add_argument("--microbatch", type=int, default=4, help="update samples per forward (x2 with CFG)")
-    ap.add_argument("--update-microbatches", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--kl-beta", type=float, default=0.04)
-    ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the update")
+    ap.add_argument("--preset", default=str(REPO / "presets/sd35_geneval.yaml"),
+                    help="the production settings measured (batch, microbatch, dtype, KL, steps, ...)")
+    ap.add_argument("--rollout-batches", type=int, default=2, help="sampling batches timed")
+    ap.add_argument("--update-microbatches", type=int, default=2, help="training microbatches timed")
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H200 SXM: 989)")
     args = ap.parse_args(argv)
+    from opgrpo_stages import config as C
+    from opgrpo_stages.stages.common import setup_torch
+
+    pcfg = yaml.safe_load(open(args.preset))
+    run_cfg = C.resolve_run(pcfg, list(pcfg["runs"])[0], args.preset)
+    args.preset_cfg = run_cfg
+    sc, tc, mc = run_cfg["sampling"], run_cfg["train"], run_cfg["model"]
+    args.batch, args.microbatch, args.steps = sc["batch_size"], tc["microbatch"], sc["num_steps"]
+    args.kl_beta, args.checkpointing, args.decode_batch = tc["kl_beta"], bool(mc["gradient_checkpointing"]), \
+        mc.get("decode_batch_size") or 8
+    args.noise_level, args.sde, args.reduction = sc["noise_level"], sc["sde"], sc["logp_reduction"]
+    args.timestep_fraction, args.clip_range = tc["timestep_fraction"], tc["clip_range"]
+    setup_torch(run_cfg)  # the stages' torch set-up: threads, deterministic kernels (and no TF32)
     if args.tiny:
         device, args.dtype, args.size, args.text_tokens = torch.device("cpu"), "float32", 32, 16
         args.batch, args.rollout_batches, args.microbatch, args.update_microbatches = 2, 1, 1, 2
-        args.steps = min(args.steps, 4)
+        args.steps, args.decode_batch = min(args.steps, 4), 2
         torch.set_num_threads(2)
     else:
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device: run with --tiny to check the script on a CPU")
-        device, args.dtype, args.size, args.text_tokens = torch.device("cuda"), "bfloat16", 512, 77 + 128
-        torch.backends.cuda.matmul.allow_tf32 = True
-        print(torch.cuda.get_device_name(0))
+        device, args.dtype = torch.device("cuda"), mc["dtype"]
+        args.size, args.text_tokens = int(mc["height"]), 77 + int(mc.get("max_sequence_length") or 128)
+        print(f"{torch.cuda.get_device_name(0)}; preset {args.preset}; TF32 matmul "
+              f"{torch.backends.cuda.matmul.allow_tf32} (as production)")
     t_start = time.perf_counter()
     bb, tcfg = build(args, device)
-    bench_rollout(bb, tcfg, args, device)
-    bench_update(bb, tcfg, args, device)
-    if device.type == "cuda":
-        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    busy = GpuBusy(bb, device)
+    bench_rollout(bb, tcfg, args, device, busy)
+    bench_update(bb, tcfg, args, device, busy)
     print(f"total {time.perf_counter() - t_start:.1f} s")
 
 

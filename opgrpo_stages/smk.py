@@ -1,4 +1,5 @@
-"""Glue for the Snakefile: per-rule log files for stages that run inside the Snakemake process."""
+"""Glue for the Snakefile: per-rule log files for stages that run inside the Snakemake process,
+each in a resident-models scope (``opgrpo_stages/resident.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import threading
 from pathlib import Path
 
 from .faults import fault
+from .resident import STATS, resident_models
 
 
 _IMPORT_LOCK = threading.Lock()
@@ -46,8 +48,12 @@ def rule_log(path):
     logger.addHandler(handler)
     if os.environ.get("SLURM_JOB_ID"):  # which cluster job ran this stage (resuming, accounting)
         logger.info("SLURM job %s on %s", os.environ["SLURM_JOB_ID"], socket.gethostname())
+    logger.info("worker pid %d", os.getpid())  # every stage of a cluster job: one process
     try:
-        yield logger
+        with resident_models():  # models stay loaded in this process between stages
+            yield logger
+        logger.info("resident models built in this process: backbone_loads=%d reward_builds=%d",
+                    STATS["backbone"], STATS["reward"])
         fault("rule_done", path)  # outputs complete, Snakemake not yet told
     except BaseException:
         logger.exception("stage failed")
@@ -68,3 +74,23 @@ def run_stage(stage: str, fn, cfg: dict, iteration: int, paths: dict, log_path) 
         return
     with rule_log(log_path):
         fn(cfg, iteration, **paths)
+
+
+def run_group_stages_in_threads() -> None:
+    """Make this Snakemake process's local executor run ``run:`` jobs as threads, as
+    ``--force-use-threads`` does. Called by the Snakefile only inside a cluster job (remote exec
+    mode), where the executor plugin interface (``RealExecutor.get_job_args``) leaves that flag off
+    for group jobs and no profile is read. Snakemake >= 9.20 (the Snakefile's min_version): its
+    local executor reads ``use_threads`` once, when it is created."""
+    from snakemake.executors import local
+
+    if getattr(local.Executor, "_opgrpo_threads", False):
+        return
+    created = local.Executor.__post_init__
+
+    def __post_init__(self):
+        created(self)
+        self.use_threads = True
+
+    local.Executor.__post_init__ = __post_init__
+    local.Executor._opgrpo_threads = True

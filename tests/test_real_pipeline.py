@@ -1,8 +1,10 @@
 """The Snakemake pipeline on the real backbones: tiny random-initialised SD3 and Wan2.1 snapshots
 loaded from local directories, two iterations of OP-GRPO (rollout with replay, brightness reward,
-buffer, update with the KL term) and one held-out evaluation, on a CPU. The text encoders are
+buffer, update with the KL term and an EMA) and one held-out evaluation, on a CPU
+(``OPGRPO_TEST_DEVICE=cuda``: on a GPU, as benchmarks/gpu_check.sh runs it). The text encoders are
 deleted after ``embed_prompts``: every later stage runs on the stored embeddings alone."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -38,7 +40,9 @@ def _run(tmp_path, kind, model_path):
         model=model,
         prompts={"train": {"n": 6}, "heldout": {"n": 2}},
         sampling={"num_steps": 3},
-        train={"kl_beta": 0.04, "lr": 1e-3},
+        train={"kl_beta": 0.04, "lr": 1e-3, "ema": {"enabled": True}},  # every preset keeps an EMA
+        # benchmarks/gpu_check.sh runs this on CUDA (the EMA crashed there at iteration 1, issue 11)
+        runtime={"device": os.environ.get("OPGRPO_TEST_DEVICE", "cpu")},
         replay={"fraction": 0.5, "truncation": 2},
         eval={"num_steps": 3},
         runs={"opgrpo": {}},

@@ -59,12 +59,23 @@ def write_optimizer(path, optimizer, names: list[str], ema: dict | None = None, 
 
 
 def read_optimizer_into(path, optimizer, names: list[str]):
-    """Restore AdamW moments; returns the EMA tensors (possibly empty)."""
+    """Restore AdamW moments; returns the EMA tensors (possibly empty). Moments and EMA are placed
+    on their parameter's device and dtype (the file is read on the CPU): policy_update mixes the EMA
+    with the live parameters, which sit on the GPU in production."""
     import torch
 
     if not Path(path).exists():
         raise ArtifactError(path, "missing optimizer state file")
     tensors, meta = _read(path, OPTIMIZER_KIND)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if len(params) != len(names):
+        raise ArtifactError(path, f"{len(names)} parameter names for an optimizer of {len(params)} parameters")
+    param_of = dict(zip(names, params))
+
+    def placed(key, name):
+        p = param_of[name]
+        return tensors[key].to(device=p.device, dtype=p.dtype)
+
     step = int(meta.get("step", 0))
     sd = optimizer.state_dict()
     if step > 0:
@@ -73,8 +84,15 @@ def read_optimizer_into(path, optimizer, names: list[str]):
                 raise ArtifactError(path, f"missing tensor 'exp_avg/{name}'")
             sd["state"][idx] = {
                 "step": torch.tensor(float(step)),
-                "exp_avg": tensors[f"exp_avg/{name}"],
-                "exp_avg_sq": tensors[f"exp_avg_sq/{name}"],
+                "exp_avg": placed(f"exp_avg/{name}", name),
+                "exp_avg_sq": placed(f"exp_avg_sq/{name}", name),
             }
         optimizer.load_state_dict(sd)
-    return {k.removeprefix("ema/"): v for k, v in tensors.items() if k.startswith("ema/")}
+    ema = {}
+    for key in tensors:
+        if key.startswith("ema/"):
+            name = key.removeprefix("ema/")
+            if name not in param_of:
+                raise ArtifactError(path, f"tensor '{key}' names no trainable parameter of the model")
+            ema[name] = placed(key, name)
+    return ema

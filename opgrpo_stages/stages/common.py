@@ -44,15 +44,44 @@ def setup_torch(cfg: dict):
 
 def load_backbone(cfg: dict, policy_path=None, embeddings_path=None):
     """The backbone with the policy weights from ``policy_path`` (None = the base model).
-    ``embeddings_path``: the prompt embeddings file (real backbones; the tiny one ignores it)."""
+    ``embeddings_path``: the prompt embeddings file (real backbones; the tiny one ignores it).
+
+    Inside a resident worker (``opgrpo_stages.resident``: every stage of a cluster job, or of
+    ``profiles/local``, in one process) the base model is built once per process and key
+    (model config, world, device, base-weights file) and lent to one stage at a time; each lend
+    resets it to what a fresh build + policy load gives: the policy tensors (or the fresh build's
+    own, for the base model) copied in, no gradients, the prompt-embeddings file re-pointed."""
+    import json
+
     from ..backbones import build_backbone
     from ..formats import policy as policy_fmt
+    from ..resident import lend, stamp
 
-    backbone = build_backbone(cfg["model"], cfg.get("world"), device=cfg["runtime"]["device"],
-                              prompt_embeddings=embeddings_path)
+    device = cfg["runtime"]["device"]
+    key = (json.dumps(cfg["model"], sort_keys=True, default=str), json.dumps(cfg.get("world"), sort_keys=True,
+           default=str), device, stamp(cfg["model"].get("base_weights")))
+
+    def build():
+        bb = build_backbone(cfg["model"], cfg.get("world"), device=device, prompt_embeddings=embeddings_path)
+        # what a lend of the base model resets to; on the CPU: no accelerator memory held for it
+        bb._opgrpo_fresh_policy = {k: v.detach().to("cpu", copy=True) for k, v in bb.policy_state_dict().items()}
+        bb._opgrpo_embeddings = stamp(embeddings_path)
+        return bb
+
+    backbone, reused = lend("backbone", key, build)
     if policy_path is not None:
         state, _meta = policy_fmt.read_policy(policy_path)
         backbone.load_policy_state_dict(state, str(policy_path))
+    elif reused:
+        backbone.load_policy_state_dict(backbone._opgrpo_fresh_policy, "the base model")
+    if reused:
+        for p in backbone.trainable_parameters().values():
+            p.grad = None
+        if hasattr(backbone, "use_prompt_embeddings") and (
+                getattr(backbone, "_embeddings_path", None) != embeddings_path
+                or backbone._opgrpo_embeddings != stamp(embeddings_path)):
+            backbone.use_prompt_embeddings(embeddings_path)  # re-read lazily, once per file
+            backbone._opgrpo_embeddings = stamp(embeddings_path)
     return backbone
 
 

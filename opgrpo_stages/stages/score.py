@@ -36,13 +36,18 @@ def build_terms(cfg: dict, *, evaluation: bool = False) -> dict:
     """reward name -> Reward instance, from ``reward.terms`` and ``reward.options`` (``evaluation``:
     see build_term)."""
     from ..errors import ConfigError
+    from ..resident import lend
     from ..rewards import REWARDS
 
     terms = {}
     for name in cfg["reward"]["terms"]:
         if name not in REWARDS:
             raise ConfigError(f"reward.terms: unknown reward {name!r}; known: {sorted(REWARDS)}")
-        terms[name] = build_term(cfg, name, evaluation=evaluation)
+        # the training reward: one instance per process and options inside a resident worker
+        # (opgrpo_stages/resident.py); final_eval's metrics are built per stage and freed after it
+        key = (name, evaluation, json.dumps(cfg["reward"]["options"].get(name, {}), sort_keys=True, default=str),
+               json.dumps(cfg.get("world"), sort_keys=True, default=str), cfg.get("runtime", {}).get("device", "cpu"))
+        terms[name] = lend("reward", key, lambda name=name: build_term(cfg, name, evaluation=evaluation))[0]
     return terms
 
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One-command GPU check (issue 11), under 8 minutes on one H200:
+#   1. the tiny SD3 and Wan2.1 pipelines, 2 OP-GRPO iterations each (replay, KL, EMA) and a held-out
+#      evaluation, through Snakemake with runtime.device cuda (tests/test_real_pipeline.py), plus the
+#      optimizer-state placement test: catches device bugs such as the EMA left on the CPU;
+#   2. the SD3.5-M-sized benchmark at the preset's settings (benchmarks/sd35_gpu.py): wall vs
+#      GPU-busy time, peak memory per phase, achieved TFLOP/s and MFU.
+#     bash benchmarks/gpu_check.sh          # on a machine with a CUDA GPU
+#     bash benchmarks/gpu_check.sh --cpu    # the same steps on the CPU (tiny benchmark): checks this script
+set -euo pipefail
+cd "$(dirname "$0")/.."
+device=cuda
+bench=()
+if [[ ${1:-} == --cpu ]]; then
+  device=cpu
+  bench=(--tiny)
+elif ! python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
+  echo "gpu_check: no CUDA device visible (run with --cpu to check the script on a CPU)" >&2
+  exit 1
+fi
+start=$SECONDS
+echo "== 1/2 tiny SD3 and Wan pipelines on $device through Snakemake"
+OPGRPO_TEST_DEVICE=$device timeout 360 python -m pytest -q -x -p no:cacheprovider \
+  tests/test_real_pipeline.py tests/test_device_placement.py
+echo "== 2/2 SD3.5-M-sized benchmark (${bench[*]:-full size})"
+timeout 360 python benchmarks/sd35_gpu.py "${bench[@]}"
+echo "gpu_check: passed in $((SECONDS - start)) s"
