@@ -45,7 +45,10 @@ def build_terms(cfg: dict, *, evaluation: bool = False) -> dict:
             raise ConfigError(f"reward.terms: unknown reward {name!r}; known: {sorted(REWARDS)}")
         # the training reward: one instance per process and options inside a resident worker
         # (opgrpo_stages/resident.py); final_eval's metrics are built per stage and freed after it
-        key = (name, evaluation, json.dumps(cfg["reward"]["options"].get(name, {}), sort_keys=True, default=str),
+        opts = dict(cfg["reward"]["options"].get(name, {}))
+        if evaluation:  # the same instance serves training and evaluation unless a training-only option is set
+            opts = {k: v for k, v in opts.items() if k not in getattr(REWARDS[name], "training_only_options", ())}
+        key = (name, json.dumps(opts, sort_keys=True, default=str),
                json.dumps(cfg.get("world"), sort_keys=True, default=str), cfg.get("runtime", {}).get("device", "cpu"))
         terms[name] = lend("reward", key, lambda name=name: build_term(cfg, name, evaluation=evaluation))[0]
     return terms
