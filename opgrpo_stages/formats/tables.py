@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from ..errors import ArtifactError
+from . import header
 from .atomic import atomic_path
 
 # column -> kind: "str", "int", "float" (finite), "float?" (may be NaN), "bool"
@@ -94,27 +95,49 @@ def _check(path, df, kind: str, extra_float: bool = False):
         raise ArtifactError(path, f"column '{key}' has duplicate value {dup!r}")
 
 
-def write(path, df, kind: str) -> None:
-    """Validate and write atomically (no pandas index, deterministic bytes)."""
+HEADER_KEY = b"opgrpo"  # Parquet schema metadata: JSON of the writer's header (formats/header.py)
+
+
+def write(path, df, kind: str, meta: dict | None = None) -> None:
+    """Validate and write atomically (no pandas index, deterministic bytes). ``meta``: the
+    provenance header (``header.of(cfg, k)``) stored in the file's schema metadata."""
+    import json
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     _check(path, df, kind, extra_float=kind in ("rewards", "update_metrics"))
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    if meta:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               HEADER_KEY: json.dumps(meta, sort_keys=True).encode()})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
 
-def read(path, kind: str):
-    import pandas as pd
+def read(path, kind: str, expect: dict | None = None):
+    """Read and validate; ``expect``: header values the caller requires (``header.of(cfg, k)``)."""
+    import json
     from pathlib import Path
+
+    import pandas as pd
+    import pyarrow.parquet as pq
 
     if not Path(path).exists():
         raise ArtifactError(path, f"missing {kind} table")
     try:
+        if expect:  # the provenance header, in the footer's schema metadata
+            raw = (pq.read_schema(path).metadata or {}).get(HEADER_KEY)
         df = pd.read_parquet(path)
     except Exception as exc:
-        raise ArtifactError(path, f"not a readable Parquet file (truncated or corrupt?): {exc}") from None
+        raise ArtifactError(path, f"not a readable Parquet file (truncated or corrupt?): {exc}; "
+                                  f"delete it and rerun to regenerate it") from None
+    if expect:
+        try:
+            meta = json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            raise ArtifactError(path, f"header metadata '{HEADER_KEY.decode()}' is not valid JSON") from None
+        header.check(path, meta, expect)
     _check(path, df, kind, extra_float=kind in ("rewards", "update_metrics"))
     return df
 

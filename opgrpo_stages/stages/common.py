@@ -19,16 +19,17 @@ def setup_torch(cfg: dict):
     return torch
 
 
-def load_backbone(cfg: dict, policy_path=None, embeddings_path=None):
+def load_backbone(cfg: dict, policy_path=None, embeddings_path=None, expect: dict | None = None):
     """The backbone with the policy weights from ``policy_path`` (None = the base model).
-    ``embeddings_path``: the prompt embeddings file (real backbones; the tiny one ignores it)."""
+    ``embeddings_path``: the prompt embeddings file (real backbones; the tiny one ignores it).
+    ``expect``: the policy file's required header (``formats.header.of(cfg, k)``)."""
     from ..backbones import build_backbone
     from ..formats import policy as policy_fmt
 
     backbone = build_backbone(cfg["model"], cfg.get("world"), device=cfg["runtime"]["device"],
                               prompt_embeddings=embeddings_path)
     if policy_path is not None:
-        state, _meta = policy_fmt.read_policy(policy_path)
+        state, _meta = policy_fmt.read_policy(policy_path, expect)
         backbone.load_policy_state_dict(state, str(policy_path))
     return backbone
 
