@@ -11,6 +11,9 @@ from snakemake.utils import min_version, validate
 from opgrpo_stages import config as C
 from opgrpo_stages import layout as L
 from opgrpo_stages import locks
+from opgrpo_stages import smk_groups
+
+smk_groups.install()  # Snakemake's group checks are quadratic in the jobs: a linear one (1,000-iteration presets)
 
 min_version("9.20")
 sys.setrecursionlimit(100000)  # long iteration chains recurse deeply in the DAG builder

@@ -241,8 +241,15 @@ def rule_params(stage: str, cfg_for, configs) -> list:
             got = cache[id(c)] = stage_params(c, stage)
         return got
 
+    import inspect
+
+    def item(i):
+        f = lambda w: values(w)[i] if i < len(values(w)) else ""  # noqa: E731
+        f.__signature__ = inspect.signature(f)  # Snakemake inspects every params function per job: cache it
+        return f
+
     n = max(len(stage_params(c, stage)) for c in configs)
-    return [lambda w, i=i: (values(w)[i] if i < len(values(w)) else "") for i in range(n)]
+    return [item(i) for i in range(n)]
 
 
 def snakemake_sources(workflow) -> dict:

@@ -134,7 +134,8 @@ def test_request_past_the_last_iteration_is_an_error(clone):
     res = _sh(clone, f"snakemake --profile profiles/local -n runs/flowgrpo/iter_{ITERS + 2:05d}/policy.safetensors",
               check=False)
     assert res.returncode != 0
-    assert f"iteration {ITERS + 2} of run 'flowgrpo' does not exist: train.iterations = {ITERS}" in res.stderr
+    msg = f"iteration {ITERS + 2} of run 'flowgrpo' does not exist: train.iterations = {ITERS} (iterations 0..{ITERS - 1})"
+    assert msg in res.stdout + res.stderr, res.stdout[-2000:]
 
 
 def test_status_shows_the_current_iteration(clone):
