@@ -189,9 +189,9 @@ def validate_sources(cfg: dict, files: list, overrides: dict | None = None) -> d
 
 
 # Rerun triggers. Each stage output records the run's resolved config as Snakemake `params` (one
-# `key=value` per top-level section or `train.<key>`), and the profiles set the `params` rerun
-# trigger: editing a key reruns the stages that depend on it, and Snakemake's "Params have changed"
-# reason names the key. These keys change no stage output (edit them freely: nothing reruns);
+# `section=<JSON>` per top-level section), and the profiles set the `params` rerun trigger: editing
+# a key reruns the stages that depend on it, and Snakemake's "Params have changed" reason shows the
+# section's old and new values. These keys change no stage output (edit them freely: nothing reruns);
 # `train.iterations` is among them so that raising it extends a run instead of redoing it.
 NEVER_RERUN = ("train.iterations", "runtime", "distributed", "cluster", "storage", "output_root", "report",
                "pretrain", "experiments", "seeds")
@@ -202,19 +202,19 @@ STAGE_IGNORES = {
     "evaluate": NEVER_RERUN + ("prompts.train",), "final_eval": NEVER_RERUN + ("prompts.train",),
     "report": tuple(k for k in NEVER_RERUN if k not in ("report", "train.iterations")),
 }
-_SPLIT_KEYS = ("train", "heldout")  # flattened one level deeper: their edits touch one split only
-_DEEP = {"train": None, "prompts": _SPLIT_KEYS}
-
-
 def _flat(cfg: dict) -> dict:
-    """{'train.lr': value, 'sampling': {...}, ...}: sections, with `train` and `prompts` per key."""
+    """{'sampling': '{...}', 'prompts.train': '{...}', ...}: one JSON value per section (one params
+    function per section keeps the DAG of a 1,000-iteration run fast); `prompts` per split, and
+    `train` without `iterations`."""
     import json
 
     out = {}
     for k, v in cfg.items():
-        if k in _DEEP and isinstance(v, dict):
+        if k == "prompts" and isinstance(v, dict):
             for kk, vv in v.items():
-                out[f"{k}.{kk}"] = vv
+                out[f"prompts.{kk}"] = vv
+        elif k == "train" and isinstance(v, dict):
+            out[k] = {kk: vv for kk, vv in v.items() if kk != "iterations"}
         else:
             out[k] = v
     return {k: json.dumps(v, sort_keys=True, default=str) for k, v in out.items()}

@@ -97,14 +97,16 @@ def test_byte_identical_restore_and_force_rerun_nothing(clone):
     assert _planned(clone) == {}
 
 
-def test_config_edit_reruns_and_names_the_key(clone):
+def test_config_edit_reruns_and_shows_the_change(clone):
     cfg = yaml.safe_load((clone / "config.yaml").read_text())
     original = (clone / "config.yaml").read_text()
     try:
         cfg["train"]["lr"] = 3e-4
         (clone / "config.yaml").write_text(yaml.safe_dump(cfg))
         res = _sh(clone, "snakemake --profile profiles/local -n")
-        assert "train.lr=0.0003" in res.stdout and "train.lr=0.0001" in res.stdout, res.stdout[-3000:]
+        assert re.search(r"Params have changed since last execution.*'train=\{[^']*\"lr\": 0\.0003", res.stdout,
+                         re.S), res.stdout[-3000:]
+        assert re.search(r"'train=\{[^']*\"lr\": 0\.0001", res.stdout), res.stdout[-3000:]  # old and new
         planned = _planned(clone)
         assert planned.get("policy_update") == ITERS and planned.get("init_policy") == 1, planned
         cfg["train"]["lr"] = 1e-4
