@@ -84,7 +84,7 @@ def test_report_command_as_written_opens_on_the_results(clone):
     html = (clone / "report.html").read_text()
     # a non-empty metadata mapping makes the report open on the workflow description, which holds
     # the results tables (report/workflow.rst), instead of the job graph
-    assert '"project": "opgrpo' in html
+    assert 'metadata = {"project"' in html
     desc = json.loads(re.search(r"workflow_desc\s*=\s*(\".*?\");?\n", html).group(1))
     assert "Table 1" in desc and "<table" in desc and "flowgrpo" in desc and "GenEval" in desc, desc[:2000]
 
