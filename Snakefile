@@ -13,11 +13,15 @@ from snakemake.utils import min_version, validate
 from opgrpo_stages import config as C
 from opgrpo_stages import layout as L
 from opgrpo_stages import locks
+from opgrpo_stages import smk_groups
+
+smk_groups.install()  # Snakemake's group checks are quadratic in the jobs: a linear one (1,000-iteration presets)
 
 min_version("9.20")
 sys.setrecursionlimit(100000)  # long iteration chains recurse deeply in the DAG builder
 
 configfile: "config.yaml"
+report: "report/workflow.rst"  # the report opens on the results (with --report-metadata, set in the profiles)
 
 # a killed earlier run left its locks: rerunning the same command resumes (opgrpo_stages/locks.py)
 for _lock in locks.clear_stale_locks():
@@ -56,18 +60,24 @@ onerror:
     launch.stop()
 
 
+# first: its one-line error names the key and the file (snakemake's is a schema dump); --config
+# 'train={iterations: 42}' (and the slurm profile's `config:` line) arrive as strings from Snakemake's
+# parser and are read as YAML here
+SOURCES = C.snakemake_sources(workflow)
+C.retype_cli_overrides(config, workflow.config_settings.config)
 _tflops = config.get("cluster", {}).get("tflops")
-if isinstance(_tflops, str):  # profiles/slurm sets it with `config:`, whose nested values arrive as strings
+if isinstance(_tflops, str):
     try:
         config["cluster"]["tflops"] = float(_tflops)
     except ValueError:
         pass  # validation names the key
-C.validate(config, "config.yaml")  # first: its one-line error names the key (snakemake's is a schema dump)
+C.validate_sources(config, SOURCES["overlays"], workflow.config_settings.config)
 validate(config, str(C.SCHEMA_PATH))
 C.expand_seed_runs(config)  # `seeds:` adds <run>-seed<k> runs and the `seeds` experiment
+L.set_root(config["output_root"])  # runs/, results/, logs/ of this config (presets set their own)
 RUNS = list(config["runs"])
 EXPERIMENTS = config["experiments"]
-RUN_CFG = {r: C.resolve_run(config, r, "config.yaml") for r in RUNS}
+RUN_CFG = {r: C.resolve_run(config, r, SOURCES["name"]) for r in RUNS}
 FIRST = RUNS[0]
 
 
@@ -80,7 +90,16 @@ def last_iter(run):
 
 
 def K(w):
-    return int(w.iter)
+    """The iteration of a job; one past the run's end is an error naming train.iterations."""
+    k = int(w.iter)
+    if k > last_iter(w.run):
+        L.check_iteration(RUN_CFG[w.run], k)
+    return k
+
+
+def rerun_params(stage, cfg_for=lambda w: RUN_CFG[w.run]):
+    """`params:` recording the config keys the stage depends on (rerun trigger `params`, see C.stage_params)."""
+    return C.rule_params(stage, cfg_for, RUN_CFG.values())
 
 
 def iteration_group(w):
@@ -142,7 +161,7 @@ rule prompts:
     output:
         L.prompts("{split}"),
     log:
-        "logs/prompts_{split}.log",
+        L.log("prompts_{split}.log"),
     run:
         from opgrpo_stages.smk import rule_log
         from opgrpo_stages.stages.prompts import make_prompts
@@ -156,9 +175,9 @@ rule pretrain_base:
         weights=config["model"]["base_weights"] or "models/none.safetensors",
         log_json=(config["model"]["base_weights"] or "models/none.safetensors").replace(".safetensors", ".json"),
     log:
-        "logs/pretrain_base.log",
+        L.log("pretrain_base.log"),
     benchmark:
-        "logs/benchmarks/pretrain_base.tsv"
+        L.log("benchmarks/pretrain_base.tsv")
     threads: workflow.cores
     run:
         from opgrpo_stages.smk import rule_log
@@ -174,7 +193,7 @@ rule embed_prompts:
     output:
         L.prompt_embeddings("{split}"),
     log:
-        "logs/embed_prompts_{split}.log",
+        L.log("embed_prompts_{split}.log"),
     threads: workflow.cores
     run:
         from opgrpo_stages.smk import rule_log
@@ -212,16 +231,18 @@ rule init_policy:
     input:
         base_weights,
     output:
-        policy=L.policy("{run}", -1),
-        optimizer=L.optimizer("{run}", -1),
-        buffer=L.buffer("{run}", -1)[0],
-        buffer_table=L.buffer("{run}", -1)[1],
+        policy=update(L.policy("{run}", -1)),
+        optimizer=update(L.optimizer("{run}", -1)),
+        buffer=update(L.buffer("{run}", -1)[0]),
+        buffer_table=update(L.buffer("{run}", -1)[1]),
+    params:
+        *rerun_params("init_policy"),
     group:
         iteration_group
     resources:
         **stage_resources("init_policy"),
     log:
-        "logs/{run}/init_policy.log",
+        L.log("{run}/init_policy.log"),
     run:
         from opgrpo_stages.smk import rule_log
         from opgrpo_stages.stages.init_policy import init_policy
@@ -238,15 +259,17 @@ rule rollout:
         buffer=lambda w: L.buffer(w.run, K(w) - 1),
         embeddings=prompt_embeddings("train"),
     output:
-        trajectories=L.trajectories("{run}", "{iter}"),
-        samples=L.samples("{run}", "{iter}"),
-        images=L.images("{run}", "{iter}"),
+        trajectories=update(L.trajectories("{run}", "{iter}")),
+        samples=update(L.samples("{run}", "{iter}")),
+        images=update(L.images("{run}", "{iter}")),
+    params:
+        *rerun_params("rollout"),
     group:
         iteration_group
     log:
-        "logs/{run}/iter_{iter}/rollout.log",
+        L.log("{run}/iter_{iter}/rollout.log"),
     benchmark:
-        "logs/{run}/iter_{iter}/rollout.benchmark.tsv"
+        L.log("{run}/iter_{iter}/rollout.benchmark.tsv")
     threads: workflow.cores
     resources:
         gpu=lambda w: cfg_of(w.run)["distributed"]["processes"],  # one GPU per data-parallel process
@@ -268,15 +291,17 @@ rule score:
         images=rules.rollout.output.images,
         samples=rules.rollout.output.samples,
     output:
-        rewards=L.rewards("{run}", "{iter}"),
+        rewards=update(L.rewards("{run}", "{iter}")),
+    params:
+        *rerun_params("score"),
     group:
         iteration_group
     resources:
         **stage_resources("score"),
     log:
-        "logs/{run}/iter_{iter}/score.log",
+        L.log("{run}/iter_{iter}/score.log"),
     benchmark:
-        "logs/{run}/iter_{iter}/score.benchmark.tsv"
+        L.log("{run}/iter_{iter}/score.benchmark.tsv")
     run:
         from opgrpo_stages.smk import rule_log
         from opgrpo_stages.stages.score import score
@@ -293,14 +318,16 @@ rule buffer_update:
         samples=rules.rollout.output.samples,
         rewards=rules.score.output.rewards,
     output:
-        buffer=L.buffer("{run}", "{iter}")[0],
-        buffer_table=L.buffer("{run}", "{iter}")[1],
+        buffer=update(L.buffer("{run}", "{iter}")[0]),
+        buffer_table=update(L.buffer("{run}", "{iter}")[1]),
+    params:
+        *rerun_params("buffer_update"),
     group:
         iteration_group
     resources:
         **stage_resources("buffer_update"),
     log:
-        "logs/{run}/iter_{iter}/buffer_update.log",
+        L.log("{run}/iter_{iter}/buffer_update.log"),
     run:
         from opgrpo_stages.smk import rule_log
         from opgrpo_stages.stages.buffer_update import buffer_update
@@ -320,15 +347,17 @@ rule policy_update:
         rewards=rules.score.output.rewards,
         embeddings=prompt_embeddings("train"),
     output:
-        policy=L.policy("{run}", "{iter}"),
-        optimizer=L.optimizer("{run}", "{iter}"),
-        metrics=L.metrics("{run}", "{iter}"),
+        policy=update(L.policy("{run}", "{iter}")),
+        optimizer=update(L.optimizer("{run}", "{iter}")),
+        metrics=update(L.metrics("{run}", "{iter}")),
+    params:
+        *rerun_params("policy_update"),
     group:
         iteration_group
     log:
-        "logs/{run}/iter_{iter}/policy_update.log",
+        L.log("{run}/iter_{iter}/policy_update.log"),
     benchmark:
-        "logs/{run}/iter_{iter}/policy_update.benchmark.tsv"
+        L.log("{run}/iter_{iter}/policy_update.benchmark.tsv")
     threads: workflow.cores
     resources:
         gpu=lambda w: cfg_of(w.run)["distributed"]["processes"],  # one GPU per data-parallel process
@@ -351,14 +380,16 @@ rule evaluate:
         optimizer=rules.policy_update.output.optimizer,
         embeddings=prompt_embeddings("heldout"),
     output:
-        table=L.eval_table("{run}", "{iter}"),
-        grid=L.eval_grid("{run}", "{iter}"),
+        table=update(L.eval_table("{run}", "{iter}")),
+        grid=update(L.eval_grid("{run}", "{iter}")),
+    params:
+        *rerun_params("evaluate"),
     group:
         eval_job  # not in the training job: training of the next iterations does not wait for it
     resources:
         **stage_resources("evaluate"),
     log:
-        "logs/{run}/eval_{iter}.log",
+        L.log("{run}/eval_{iter}.log"),
     threads: workflow.cores
     run:
         from opgrpo_stages.smk import rule_log
@@ -376,12 +407,14 @@ rule evaluate_base:
         prompts=L.prompts("heldout"),
         embeddings=prompt_embeddings("heldout"),
     output:
-        table=L.eval_table("base", 0),
-        grid=L.eval_grid("base", 0),
+        table=update(L.eval_table("base", 0)),
+        grid=update(L.eval_grid("base", 0)),
+    params:
+        *rerun_params("evaluate", lambda w: RUN_CFG[FIRST]),
     group:
         "base-eval"  # one cluster job with final_eval_base
     log:
-        "logs/base/eval.log",
+        L.log("base/eval.log"),
     threads: workflow.cores
     run:
         from opgrpo_stages.smk import rule_log
@@ -401,13 +434,15 @@ rule final_eval:  # Table 1/2 metrics of a run's intermediate or best checkpoint
         embeddings=prompt_embeddings("heldout"),
         t2i_embeddings=t2i_prompt_embeddings,
     output:
-        table=L.final_eval("{run}", "{checkpoint}"),
+        table=update(L.final_eval("{run}", "{checkpoint}")),
+    params:
+        *rerun_params("final_eval"),
     wildcard_constraints:
         checkpoint="intermediate|best",
     group:
         lambda w: eval_job(Namespace(run=w.run, iter=L.eval_iterations(RUN_CFG[w.run])[-1]))  # with the last evaluation
     log:
-        "logs/{run}/final_{checkpoint}.log",
+        L.log("{run}/final_{checkpoint}.log"),
     threads: workflow.cores
     run:
         from opgrpo_stages.smk import rule_log
@@ -426,11 +461,13 @@ rule final_eval_base:
         embeddings=prompt_embeddings("heldout"),
         t2i_embeddings=t2i_prompt_embeddings,
     output:
-        table=L.final_eval("base", "base"),
+        table=update(L.final_eval("base", "base")),
+    params:
+        *rerun_params("final_eval", lambda w: RUN_CFG[FIRST]),
     group:
         "base-eval"
     log:
-        "logs/base/final.log",
+        L.log("base/final.log"),
     threads: workflow.cores
     run:
         from opgrpo_stages.smk import rule_log
@@ -455,29 +492,29 @@ rule report:
     input:
         unpack(report_inputs),
     output:
-        curves=report("results/{exp}/figures/training_curves.png", category="{exp}", subcategory="Training",
+        curves=report(L.results("{exp}") + "/figures/training_curves.png", category="{exp}", subcategory="Training",
                       caption="report/curves.rst"),
-        heldout=report("results/{exp}/figures/heldout_geneval.png", category="{exp}", subcategory="Held-out",
+        heldout=report(L.results("{exp}") + "/figures/heldout_geneval.png", category="{exp}", subcategory="Held-out",
                        caption="report/heldout.rst"),
-        grid=report("results/{exp}/figures/samples_base_vs_trained.png", category="{exp}", subcategory="Samples",
+        grid=report(L.results("{exp}") + "/figures/samples_base_vs_trained.png", category="{exp}", subcategory="Samples",
                     caption="report/grid.rst"),
-        logp=report("results/{exp}/figures/logp_per_step.png", category="{exp}", subcategory="Off-policy",
+        logp=report(L.results("{exp}") + "/figures/logp_per_step.png", category="{exp}", subcategory="Off-policy",
                     caption="report/logp.rst"),
-        clip=report("results/{exp}/figures/clipped_fraction.png", category="{exp}", subcategory="Off-policy",
+        clip=report(L.results("{exp}") + "/figures/clipped_fraction.png", category="{exp}", subcategory="Off-policy",
                     caption="report/clip.rst"),
-        csv=report("results/{exp}/tables/results.csv", category="{exp}", subcategory="Tables",
+        csv=report(L.results("{exp}") + "/tables/results.csv", category="{exp}", subcategory="Tables",
                    caption="report/table.rst"),
-        md="results/{exp}/tables/results.md",
-        speed=report("results/{exp}/tables/steps_to_target.csv", category="{exp}", subcategory="Tables",
+        md=L.results("{exp}") + "/tables/results.md",
+        speed=report(L.results("{exp}") + "/tables/steps_to_target.csv", category="{exp}", subcategory="Tables",
                      caption="report/speed.rst"),
-        table1_csv=report("results/{exp}/tables/table1.csv", category="{exp}", subcategory="Tables",
+        table1_csv=report(L.results("{exp}") + "/tables/table1.csv", category="{exp}", subcategory="Tables",
                           caption="report/table1.rst"),
-        table1_md="results/{exp}/tables/table1.md",
-        table2_csv=report("results/{exp}/tables/table2.csv", category="{exp}", subcategory="Tables",
+        table1_md=L.results("{exp}") + "/tables/table1.md",
+        table2_csv=report(L.results("{exp}") + "/tables/table2.csv", category="{exp}", subcategory="Tables",
                           caption="report/table2.rst"),
-        table2_md="results/{exp}/tables/table2.md",
+        table2_md=L.results("{exp}") + "/tables/table2.md",
     log:
-        "logs/report_{exp}.log",
+        L.log("report_{exp}.log"),
     run:
         from opgrpo_stages.smk import rule_log
         from opgrpo_stages.stages.report import report as make_report

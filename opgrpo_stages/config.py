@@ -106,7 +106,7 @@ def resolve_run(cfg: dict, run: str, source: str = "config") -> dict:
         raise ConfigError(f"{source}: run {run!r} is not defined under 'runs' (defined: {sorted(runs)})")
     shared = {k: v for k, v in cfg.items() if k not in ("runs", "experiments", "seeds")}
     over = runs[run] or {}
-    bad = sorted(set(over) & {"runs", "experiments", "seeds"})
+    bad = sorted(set(over) & {"runs", "experiments", "seeds", "output_root"})
     if bad:
         raise ConfigError(f"{source}: runs.{run}: cannot override {bad}")
     resolved = deep_merge(shared, over)
@@ -170,3 +170,123 @@ def expand_seed_runs(cfg: dict) -> dict:
                 seeded.append(name)
         exps["seeds"] = seeded
     return cfg
+
+
+def retype_cli_overrides(cfg: dict, overrides: dict) -> dict:
+    """Snakemake reads a nested ``--config 'train={iterations: 42}'`` with YAML's BaseLoader, so every
+    scalar inside arrives as a string ('42'). Re-read those scalars as YAML, as the config file would be
+    (top-level ``--config key=value`` scalars are already typed by Snakemake). Returns cfg (in place)."""
+    def retype(v):
+        if isinstance(v, str):
+            try:
+                return yaml.safe_load(v) if v != "" else v
+            except yaml.YAMLError:
+                return v
+        if isinstance(v, list):
+            return [retype(x) for x in v]
+        if isinstance(v, dict):
+            return {k: retype(x) for k, x in v.items()}
+        return v
+
+    def walk(dst: dict, over: dict):
+        for k, v in over.items():
+            if isinstance(v, dict) and isinstance(dst.get(k), dict):
+                walk(dst[k], v)
+            elif k in dst and dst[k] == v:  # still the override's value (not replaced by a later file)
+                dst[k] = retype(v)
+
+    for k, v in (overrides or {}).items():
+        if isinstance(v, (dict, list)) and k in cfg:
+            if isinstance(v, dict) and isinstance(cfg[k], dict):
+                walk(cfg[k], v)
+            else:
+                cfg[k] = retype(v)
+    return cfg
+
+
+def validate_sources(cfg: dict, files: list, overrides: dict | None = None) -> dict:
+    """Validate the merged Snakemake config, naming the file at fault: each ``--configfile`` overlay
+    is validated alone first (so its error names it, not config.yaml), then the merge."""
+    for f in files:
+        load(f)
+    names = [str(f) for f in files]
+    if not any(Path(f).resolve() == Path("config.yaml").resolve() for f in files):
+        names.insert(0, "config.yaml")
+    return validate(cfg, " + ".join(names) + (" + --config" if overrides else ""))
+
+
+# Rerun triggers. Each stage output records the run's resolved config as Snakemake `params` (one
+# `section=<JSON>` per top-level section), and the profiles set the `params` rerun trigger: editing
+# a key reruns the stages that depend on it, and Snakemake's "Params have changed" reason shows the
+# section's old and new values. These keys change no stage output (edit them freely: nothing reruns);
+# `train.iterations` is among them so that raising it extends a run instead of redoing it.
+NEVER_RERUN = ("train.iterations", "runtime", "distributed", "cluster", "storage", "output_root", "report",
+               "pretrain", "experiments", "seeds")
+_TRAINING_IGNORES = NEVER_RERUN + ("eval", "prompts.heldout")
+STAGE_IGNORES = {
+    "init_policy": _TRAINING_IGNORES, "rollout": _TRAINING_IGNORES, "score": _TRAINING_IGNORES,
+    "buffer_update": _TRAINING_IGNORES, "policy_update": _TRAINING_IGNORES,
+    "evaluate": NEVER_RERUN + ("prompts.train",), "final_eval": NEVER_RERUN + ("prompts.train",),
+    "report": tuple(k for k in NEVER_RERUN if k not in ("report", "train.iterations")),
+}
+def _flat(cfg: dict) -> dict:
+    """{'sampling': '{...}', 'prompts.train': '{...}', ...}: one JSON value per section (one params
+    function per section keeps the DAG of a 1,000-iteration run fast); `prompts` per split, and
+    `train` without `iterations`."""
+    import json
+
+    out = {}
+    for k, v in cfg.items():
+        if k == "prompts" and isinstance(v, dict):
+            for kk, vv in v.items():
+                out[f"prompts.{kk}"] = vv
+        elif k == "train" and isinstance(v, dict):
+            out[k] = {kk: vv for kk, vv in v.items() if kk != "iterations"}
+        else:
+            out[k] = v
+    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in out.items()}
+
+
+def stage_params(cfg: dict, stage: str) -> list[str]:
+    """The ``key=value`` strings a stage's outputs record (its rerun trigger), sorted."""
+    ignore = STAGE_IGNORES.get(stage, NEVER_RERUN)
+    flat = _flat({k: v for k, v in cfg.items() if k != "run"})
+    return sorted(f"{k}={v}" for k, v in flat.items()
+                  if k not in ignore and k.split(".")[0] not in ignore)
+
+
+def rule_params(stage: str, cfg_for, configs) -> list:
+    """A rule's ``params:`` (positional, one ``key=value`` string each) for its rerun trigger.
+    ``cfg_for(wildcards)``: the job's resolved config; ``configs``: every config the rule can see
+    (fixes the number of params; a config with fewer keys pads with "")."""
+    cache: dict = {}
+
+    def values(w):
+        c = cfg_for(w)
+        got = cache.get(id(c))
+        if got is None:
+            got = cache[id(c)] = stage_params(c, stage)
+        return got
+
+    import inspect
+
+    def item(i):
+        f = lambda w: values(w)[i] if i < len(values(w)) else ""  # noqa: E731
+        f.__signature__ = inspect.signature(f)  # Snakemake inspects every params function per job: cache it
+        return f
+
+    n = max(len(stage_params(c, stage)) for c in configs)
+    return [item(i) for i in range(n)]
+
+
+def snakemake_sources(workflow) -> dict:
+    """The config files of a Snakemake invocation: ``overlays`` (each ``--configfile``, relative to
+    the working directory where possible) and ``name`` (all of them, for error messages)."""
+    import os
+
+    overlays = []
+    for f in workflow.config_settings.configfiles:
+        rel = os.path.relpath(f)
+        overlays.append(rel if not rel.startswith("..") else str(f))
+    base = [] if any(os.path.abspath(f) == os.path.abspath("config.yaml") for f in overlays) else ["config.yaml"]
+    return {"overlays": overlays, "name": " + ".join(base + overlays)}

@@ -13,12 +13,45 @@ pipeline's rule would.
     runs/base/eval.parquet, eval.png                   (the base model, shared by all runs)
     runs/<run>/final/{intermediate,best}.parquet, runs/base/final.parquet   (Table 1/2 metrics)
 The policy *after* iteration k lives in iter_<k>; iteration k samples with the policy of k-1
-(or ``init`` for k = 0).
+(or ``init`` for k = 0). ``results/<experiment>/`` holds the report, ``logs/`` the stages' logs.
+With ``output_root: <dir>`` in the config (each preset sets its own), runs/, results/ and logs/
+are under <dir>; the default "" keeps them in the working directory.
 """
 
 from __future__ import annotations
 
+import os
+
+from .errors import ConfigError
+
 RUNS = "runs"
+RESULTS = "results"
+LOGS = "logs"
+
+
+def set_root(root: str | None) -> None:
+    """Put runs/, results/ and logs/ under ``root`` (config key ``output_root``; "" = here). Set once
+    per process, from the config, before any path is built (Snakefile, CLI)."""
+    global RUNS, RESULTS, LOGS
+    RUNS, RESULTS, LOGS = (os.path.join(root, d) if root else d for d in ("runs", "results", "logs"))
+
+
+def results(exp: str) -> str:
+    return f"{RESULTS}/{exp}"
+
+
+def log(name: str) -> str:
+    """A stage's log file, ``logs/<name>`` (``name`` may hold Snakemake wildcards)."""
+    return f"{LOGS}/{name}"
+
+
+def check_iteration(cfg: dict, k: int) -> None:
+    """Iteration ``k`` exists in ``cfg``'s run (0 .. train.iterations-1): a request past the end
+    is an error, not a silently longer run."""
+    n = cfg["train"]["iterations"]
+    if not 0 <= int(k) < n:
+        raise ConfigError(f"iteration {int(k)} of run {cfg['run']!r} does not exist: train.iterations = {n} "
+                          f"(iterations 0..{n - 1}); raise train.iterations to train longer")
 
 
 def fmt(k) -> str:

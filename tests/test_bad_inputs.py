@@ -80,12 +80,17 @@ def _edit_tensors(rel, change):
 
 
 def _edit_table(rel, change):
+    """Rewrite a Parquet table with ``change(df)`` applied, keeping its provenance header."""
     def f(wd):
         import pandas as pd
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-        df = pd.read_parquet(wd / rel)
-        df = change(df)
-        df.to_parquet(wd / rel, index=False)
+        meta = pq.read_schema(wd / rel).metadata or {}
+        df = change(pd.read_parquet(wd / rel))
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                      b"opgrpo": meta.get(b"opgrpo", b"{}")}), wd / rel)
     return f
 
 

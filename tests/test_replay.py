@@ -53,9 +53,13 @@ def test_replayed_group_has_g_minus_one_fresh_and_the_truncated_stored_trajector
         assert int(samples.loc[i, "kept_steps"]) == T_OFF and int(samples.loc[i, "birth_iteration"]) == 0
 
 
-def test_sequence_weight_is_one_if_the_policy_did_not_change(op_cfg):
+def test_sequence_weight_is_one_if_the_policy_did_not_change(op_cfg, tmp_path):
+    from opgrpo_stages.formats import policy as policy_fmt
+
     run = "flowgrpo"
-    paths = {**L.stage_paths("rollout", run, 1), "policy_path": L.policy(run, -1)}  # the policy of iteration 0
+    state, meta = policy_fmt.read_policy(L.policy(run, -1))  # the policy iteration 0 sampled with, as if
+    policy_fmt.write_policy(tmp_path / "same.safetensors", state, {**meta, "iteration": 0})  # 0 left it unchanged
+    paths = {**L.stage_paths("rollout", run, 1), "policy_path": tmp_path / "same.safetensors"}
     rollout(op_cfg, 1, **paths)
     traj = trajectories.read(L.trajectories(run, 1))
     samples = tables.read(L.samples(run, 1), "samples")

@@ -47,13 +47,14 @@ def write(tensor_path, table_path, buf: Buffer, meta: dict | None = None) -> Non
     t = buf.table.reset_index(drop=True).copy()
     t["row"] = range(len(t))
     t["row"] = t["row"].astype("int64")
-    tables.write(table_path, t, "buffer")
+    tables.write(table_path, t, "buffer", meta)
     tensorfile.write(tensor_path, KIND, SCHEMA, {"latents": buf.latents, "logp_behavior": buf.logp_behavior}, meta)
 
 
-def read(tensor_path, table_path) -> Buffer:
-    tensors, _meta, bound = tensorfile.read(tensor_path, KIND, SCHEMA)
-    table = tables.read(table_path, "buffer")
+def read(tensor_path, table_path, expect: dict | None = None) -> Buffer:
+    """``expect``: required header values of both files (formats/header.py)."""
+    tensors, _meta, bound = tensorfile.read(tensor_path, KIND, SCHEMA, expect)
+    table = tables.read(table_path, "buffer", expect)
     if bound["S1"] != bound["S"] + 1:
         raise ArtifactError(tensor_path, "latents must have one more step than logp_behavior")
     if len(table) != bound["M"] or list(table["row"]) != list(range(len(table))):

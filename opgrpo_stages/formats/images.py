@@ -20,9 +20,9 @@ def write(path, images, meta: dict | None = None) -> None:
     tensorfile.write(path, KIND, SCHEMA, {"images": t}, meta)
 
 
-def read(path):
-    """Returns a numpy uint8 array."""
-    tensors, _meta, _ = tensorfile.read(path, KIND, SCHEMA)
+def read(path, expect: dict | None = None):
+    """Returns a numpy uint8 array. ``expect``: required header values (formats/header.py)."""
+    tensors, _meta, _ = tensorfile.read(path, KIND, SCHEMA, expect)
     t = tensors["images"]
     if t.ndim not in (4, 5) or t.shape[-1] != 3:
         from ..errors import ArtifactError

@@ -22,10 +22,10 @@ def _write(path, kind, tensors, meta):
     write(path, kind, {}, tensors, meta)
 
 
-def _read(path, kind):
+def _read(path, kind, expect=None):
     from .tensorfile import read
 
-    tensors, meta, _ = read(path, kind, {})
+    tensors, meta, _ = read(path, kind, {}, expect)
     return tensors, meta
 
 
@@ -38,8 +38,16 @@ def write_policy(path, state: dict, meta: dict) -> None:
     _write(path, POLICY_KIND, state, meta)
 
 
-def read_policy(path):
-    return _read(path, POLICY_KIND)
+def read_policy(path, expect: dict | None = None):
+    """``expect``: required header values (``header.of(cfg, k)``), see formats/header.py."""
+    return _read(path, POLICY_KIND, expect)
+
+
+def check_optimizer(path, expect: dict) -> None:
+    """Refuse an optimizer state file of another run, iteration or backbone (header only)."""
+    from .tensorfile import read_header
+
+    read_header(path, OPTIMIZER_KIND, expect)
 
 
 def write_optimizer(path, optimizer, names: list[str], ema: dict | None = None, meta: dict | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from ..errors import ArtifactError
+from . import header
 from .atomic import atomic_path
 
 # column -> kind: "str", "int", "float" (finite), "float?" (may be NaN), "bool"
@@ -94,12 +95,14 @@ def _check(path, df, kind: str, extra_float: bool = False):
         raise ArtifactError(path, f"column '{key}' has duplicate value {dup!r}")
 
 
+HEADER_KEY = b"opgrpo"  # Parquet schema metadata: JSON of the writer's header (formats/header.py)
 EVALUATORS_KEY = b"opgrpo.evaluators"  # Parquet key-value metadata: JSON {reward: evaluator server identity}
 
 
-def write(path, df, kind: str, evaluators: dict | None = None) -> None:
-    """Validate and write atomically (no pandas index, deterministic bytes). ``evaluators``: the
-    identities of the evaluator servers that scored the table (docs/evaluators.md), if any."""
+def write(path, df, kind: str, meta: dict | None = None, evaluators: dict | None = None) -> None:
+    """Validate and write atomically (no pandas index, deterministic bytes). ``meta``: the
+    provenance header (``header.of(cfg, k)``) stored in the file's schema metadata; ``evaluators``:
+    the identities of the evaluator servers that scored the table (docs/evaluators.md), if any."""
     import json
 
     import pyarrow as pa
@@ -107,24 +110,40 @@ def write(path, df, kind: str, evaluators: dict | None = None) -> None:
 
     _check(path, df, kind, extra_float=kind in ("rewards", "update_metrics"))
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    extra = {}
+    if meta:
+        extra[HEADER_KEY] = json.dumps(meta, sort_keys=True).encode()
     if evaluators:
-        meta = dict(table.schema.metadata or {})
-        meta[EVALUATORS_KEY] = json.dumps(evaluators, sort_keys=True).encode()
-        table = table.replace_schema_metadata(meta)
+        extra[EVALUATORS_KEY] = json.dumps(evaluators, sort_keys=True).encode()
+    if extra:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
 
-def read(path, kind: str):
-    import pandas as pd
+def read(path, kind: str, expect: dict | None = None):
+    """Read and validate; ``expect``: header values the caller requires (``header.of(cfg, k)``)."""
+    import json
     from pathlib import Path
+
+    import pandas as pd
+    import pyarrow.parquet as pq
 
     if not Path(path).exists():
         raise ArtifactError(path, f"missing {kind} table")
     try:
+        if expect:  # the provenance header, in the footer's schema metadata
+            raw = (pq.read_schema(path).metadata or {}).get(HEADER_KEY)
         df = pd.read_parquet(path)
     except Exception as exc:
-        raise ArtifactError(path, f"not a readable Parquet file (truncated or corrupt?): {exc}") from None
+        raise ArtifactError(path, f"not a readable Parquet file (truncated or corrupt?): {exc}; "
+                                  f"delete it and rerun to regenerate it") from None
+    if expect:
+        try:
+            meta = json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            raise ArtifactError(path, f"header metadata '{HEADER_KEY.decode()}' is not valid JSON") from None
+        header.check(path, meta, expect)
     _check(path, df, kind, extra_float=kind in ("rewards", "update_metrics"))
     return df
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ArtifactError
+from . import header
 from .atomic import atomic_path
 
 LATENT = "*"  # a dims entry meaning "the latent shape": any trailing dims, equal across tensors
@@ -77,13 +78,33 @@ def write(path, kind: str, schema: dict[str, TensorSpec], tensors: dict, metadat
     meta = {**(metadata or {}), "format": kind}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     validate(path, kind, schema, tensors, meta)
-    header = {HEADER_KEY: json.dumps(meta, sort_keys=True)}
+    raw = {HEADER_KEY: json.dumps(meta, sort_keys=True)}
     with atomic_path(path) as tmp:
-        save_file(tensors, os.fspath(tmp), metadata=header)
+        save_file(tensors, os.fspath(tmp), metadata=raw)
 
 
-def read(path, kind: str, schema: dict[str, TensorSpec]):
-    """Read and validate; returns (tensors, header metadata, bound dims)."""
+def read_header(path, kind: str, expect: dict | None = None) -> dict:
+    """The decoded header alone (no tensor is loaded), checked against ``kind`` and ``expect``."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(path, f"missing {kind} file")
+    try:
+        with safe_open(os.fspath(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {}).get(HEADER_KEY, "{}"))
+    except Exception as exc:
+        raise ArtifactError(path, f"not a readable safetensors file (truncated or corrupt?): {exc}; "
+                                  f"delete it and rerun to regenerate it") from None
+    if meta.get("format") != kind:
+        raise ArtifactError(path, f"is not a '{kind}' file (header format={meta.get('format')!r})")
+    header.check(path, meta, expect)
+    return meta
+
+
+def read(path, kind: str, schema: dict[str, TensorSpec], expect: dict | None = None):
+    """Read and validate; returns (tensors, header metadata, bound dims). ``expect``: header
+    values the caller requires (``header.of(cfg, k)``), checked before any tensor is loaded."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -92,13 +113,19 @@ def read(path, kind: str, schema: dict[str, TensorSpec]):
     try:
         with safe_open(os.fspath(path), framework="pt") as fh:
             raw_meta = fh.metadata() or {}
+            try:
+                meta = json.loads(raw_meta.get(HEADER_KEY, "{}"))
+            except json.JSONDecodeError:
+                raise ArtifactError(path, f"header metadata '{HEADER_KEY}' is not valid JSON") from None
+            if meta.get("format") != kind:  # before provenance: a foreign file gets the plainer message
+                raise ArtifactError(path, f"is not a '{kind}' file (header format={meta.get('format')!r})")
+            header.check(path, meta, expect)
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except ArtifactError:
+        raise
     except Exception as exc:  # safetensors raises several exception types on corrupt headers
-        raise ArtifactError(path, f"not a readable safetensors file (truncated or corrupt?): {exc}") from None
-    try:
-        meta = json.loads(raw_meta.get(HEADER_KEY, "{}"))
-    except json.JSONDecodeError:
-        raise ArtifactError(path, f"header metadata '{HEADER_KEY}' is not valid JSON") from None
+        raise ArtifactError(path, f"not a readable safetensors file (truncated or corrupt?): {exc}; "
+                                  f"delete it and rerun to regenerate it") from None
     bound = validate(path, kind, schema, tensors, meta)
     meta.pop("format", None)
     return tensors, meta, bound

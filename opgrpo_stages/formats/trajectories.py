@@ -72,7 +72,8 @@ def write(path, traj: Trajectories) -> None:
     tensorfile.write(path, KIND, SCHEMA, tensors, traj.meta)
 
 
-def read(path) -> Trajectories:
-    tensors, meta, bound = tensorfile.read(path, KIND, SCHEMA)
+def read(path, expect: dict | None = None) -> Trajectories:
+    """``expect``: required header values (``header.of(cfg, k)``), see formats/header.py."""
+    tensors, meta, bound = tensorfile.read(path, KIND, SCHEMA, expect)
     _check(path, tensors, bound)
     return Trajectories(meta=meta, **tensors)

@@ -68,19 +68,19 @@ def buffer_update(cfg: dict, iteration: int, *, buffer_paths, trajectories_path,
                   out_buffer, out_buffer_table) -> None:
     from ..faults import fault
     from ..formats import buffer as buffer_fmt
-    from ..formats import tables, trajectories
+    from ..formats import header, tables, trajectories
     from .common import log, setup_torch
 
     setup_torch(cfg)
-    buf = buffer_fmt.read(*buffer_paths)
-    meta = {"run": cfg["run"], "iteration": iteration}
+    buf = buffer_fmt.read(*buffer_paths, expect=header.of(cfg, iteration - 1))
+    meta = header.of(cfg, iteration)
     rc = cfg["replay"]
     if rc["fraction"] == 0:
         buffer_fmt.write(out_buffer, out_buffer_table, buf, meta)
         return
-    traj = trajectories.read(trajectories_path)
-    samples = tables.read(samples_path, "samples")
-    rewards = tables.read(rewards_path, "rewards")
+    traj = trajectories.read(trajectories_path, expect=meta)
+    samples = tables.read(samples_path, "samples", expect=meta)
+    rewards = tables.read(rewards_path, "rewards", expect=meta)
     tables.check_aligned(samples_path, samples, rewards_path, rewards)
     trajectories.check_matches_samples(trajectories_path, traj, samples_path, samples)
     cands = []

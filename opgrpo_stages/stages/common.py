@@ -42,9 +42,10 @@ def setup_torch(cfg: dict):
     return torch
 
 
-def load_backbone(cfg: dict, policy_path=None, embeddings_path=None):
+def load_backbone(cfg: dict, policy_path=None, embeddings_path=None, expect: dict | None = None):
     """The backbone with the policy weights from ``policy_path`` (None = the base model).
     ``embeddings_path``: the prompt embeddings file (real backbones; the tiny one ignores it).
+    ``expect``: the policy file's required header (``formats.header.of(cfg, k)``).
 
     Inside a resident worker (``opgrpo_stages.resident``: every stage of a cluster job, or of
     ``profiles/local``, in one process) the base model is built once per process and key
@@ -70,7 +71,7 @@ def load_backbone(cfg: dict, policy_path=None, embeddings_path=None):
 
     backbone, reused = lend("backbone", key, build)
     if policy_path is not None:
-        state, _meta = policy_fmt.read_policy(policy_path)
+        state, _meta = policy_fmt.read_policy(policy_path, expect)
         backbone.load_policy_state_dict(state, str(policy_path))
     elif reused:
         backbone.load_policy_state_dict(backbone._opgrpo_fresh_policy, "the base model")

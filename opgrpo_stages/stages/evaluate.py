@@ -13,9 +13,10 @@ import json
 def load_eval_backbone(cfg: dict, policy_path=None, optimizer_path=None, embeddings_path=None):
     """The checkpoint's backbone (the base for ``policy_path=None``), with its EMA weights when
     ``train.ema`` is enabled and the optimizer file holds them."""
+    from ..formats import header
     from .common import load_backbone
 
-    backbone = load_backbone(cfg, policy_path, embeddings_path)
+    backbone = load_backbone(cfg, policy_path, embeddings_path, expect=header.of(cfg))  # the run's own policy
     if optimizer_path is not None and cfg["train"]["ema"]["enabled"]:
         from ..formats import policy as policy_fmt
         import torch

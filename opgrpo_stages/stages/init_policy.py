@@ -9,6 +9,7 @@ def init_policy(cfg: dict, *, out_policy, out_optimizer, out_buffer, out_buffer_
     import torch
 
     from ..formats import buffer as buffer_fmt
+    from ..formats import header
     from ..formats import policy as policy_fmt
     from ..seeding import derive_seed
     from .common import load_backbone, setup_torch
@@ -21,4 +22,4 @@ def init_policy(cfg: dict, *, out_policy, out_optimizer, out_buffer, out_buffer_
     opt = torch.optim.AdamW(list(backbone.trainable_parameters().values()), lr=cfg["train"]["lr"])
     policy_fmt.write_optimizer(out_optimizer, opt, list(backbone.trainable_parameters()), None, meta)
     buf = buffer_fmt.empty(cfg["sampling"]["num_steps"], backbone.latent_shape)
-    buffer_fmt.write(out_buffer, out_buffer_table, buf, {"run": cfg["run"], "iteration": -1})
+    buffer_fmt.write(out_buffer, out_buffer_table, buf, header.of(cfg, -1))

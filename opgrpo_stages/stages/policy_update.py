@@ -68,7 +68,7 @@ def _policy_update(cfg, iteration, dp, *, policy_path, optimizer_path, trajector
 
     from ..faults import fault
     from ..formats import policy as policy_fmt
-    from ..formats import tables, trajectories
+    from ..formats import header, tables, trajectories
     from ..grpo import clipped_surrogate, effective_sample_size, group_advantages, kl_to_reference
     from ..sde import sde_step, transition_mean
     from ..seeding import numpy_rng
@@ -76,17 +76,18 @@ def _policy_update(cfg, iteration, dp, *, policy_path, optimizer_path, trajector
 
     torch = setup_torch(cfg)
     tc, sc = cfg["train"], cfg["sampling"]
-    traj = trajectories.read(trajectories_path)
-    samples = tables.read(samples_path, "samples")
-    rewards = tables.read(rewards_path, "rewards")
+    traj = trajectories.read(trajectories_path, expect=header.of(cfg, iteration))
+    samples = tables.read(samples_path, "samples", expect=header.of(cfg, iteration))
+    rewards = tables.read(rewards_path, "rewards", expect=header.of(cfg, iteration))
     tables.check_aligned(samples_path, samples, rewards_path, rewards)
     trajectories.check_matches_samples(trajectories_path, traj, samples_path, samples)
 
-    backbone = load_backbone(cfg, policy_path, embeddings_path)
+    backbone = load_backbone(cfg, policy_path, embeddings_path, expect=header.of(cfg, iteration - 1))
     params = backbone.trainable_parameters()
     names = list(params)
     opt = torch.optim.AdamW(list(params.values()), lr=tc["lr"], betas=tuple(tc["betas"]), eps=tc["adam_eps"],
                             weight_decay=tc["weight_decay"])
+    policy_fmt.check_optimizer(optimizer_path, expect=header.of(cfg, iteration - 1))
     ema = policy_fmt.read_optimizer_into(optimizer_path, opt, names)
 
     adv = torch.as_tensor(group_advantages(rewards["reward"].to_numpy(), samples["group"].to_numpy(),
@@ -189,7 +190,7 @@ def _policy_update(cfg, iteration, dp, *, policy_path, optimizer_path, trajector
     meta = {"run": cfg["run"], "iteration": iteration, "backbone": backbone.name}
     policy_fmt.write_policy(out_policy, backbone.policy_state_dict(), meta)
     policy_fmt.write_optimizer(out_optimizer, opt, names, ema if tc["ema"]["enabled"] else None, meta)
-    tables.write(out_metrics, df, "update_metrics")
+    tables.write(out_metrics, df, "update_metrics", header.of(cfg, iteration))
     log.info("policy_update %s iter %d: reward %.3f clipfrac %.3f grad %.3f", cfg["run"], iteration,
              metrics["reward_mean"], metrics["clipfrac"], metrics["grad_norm"])
     return metrics

@@ -31,7 +31,7 @@ TAGS = ["single_object", "two_object", "counting", "colors", "position", "color_
 
 
 def outputs_for(exp: str) -> dict:
-    r = f"results/{exp}"
+    r = L.results(exp)
     return {
         "curves": f"{r}/figures/training_curves.png",
         "heldout": f"{r}/figures/heldout_geneval.png",

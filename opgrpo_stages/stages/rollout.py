@@ -15,6 +15,7 @@ import json
 import math
 
 from ..formats import buffer as buffer_fmt
+from ..formats import header
 from ..formats import images as images_fmt
 from ..formats import prompts as prompts_fmt
 from ..formats import tables, trajectories
@@ -78,8 +79,8 @@ def _rollout(cfg, iteration, dp, *, prompts_path, policy_path, buffer_paths, out
     g_size = cfg["train"]["group_size"]
     sc = cfg["sampling"]
     prompts = prompts_fmt.read(prompts_path)
-    buf = buffer_fmt.read(*buffer_paths) if buffer_paths else None
-    backbone = load_backbone(cfg, policy_path, embeddings_path)
+    buf = buffer_fmt.read(*buffer_paths, expect=header.of(cfg, iteration - 1)) if buffer_paths else None
+    backbone = load_backbone(cfg, policy_path, embeddings_path, expect=header.of(cfg, iteration - 1))
     sigmas = backbone.sigmas(sc["num_steps"])
     n_steps = sc["num_steps"]
     t_off = cfg["replay"]["truncation"] or n_steps
@@ -145,7 +146,7 @@ def _rollout(cfg, iteration, dp, *, prompts_path, policy_path, buffer_paths, out
     traj = trajectories.Trajectories(latents, sigmas, logp_old, logp_behavior, train_steps, meta)
     trajectories.write(out_trajectories, traj)
     fault("rollout", "between_outputs", run, iteration)  # first output complete, the others missing
-    images_fmt.write(out_images, images, {"run": run, "iteration": iteration})
-    tables.write(out_samples, samples, "samples")
+    images_fmt.write(out_images, images, header.of(cfg, iteration))
+    tables.write(out_samples, samples, "samples", header.of(cfg, iteration))
     log.info("rollout %s iter %d: %d groups x %d (%d replayed)", run, iteration, len(groups), g_size,
              int((samples["source"] == "replay").sum()))

@@ -74,10 +74,10 @@ def score(cfg: dict, iteration: int, *, images_path, samples_path, out_rewards) 
     import pandas as pd
 
     from ..formats import images as images_fmt
-    from ..formats import tables
+    from ..formats import header, tables
 
-    samples = tables.read(samples_path, "samples")
-    images = images_fmt.read(images_path)
+    samples = tables.read(samples_path, "samples", expect=header.of(cfg, iteration))
+    images = images_fmt.read(images_path, expect=header.of(cfg, iteration))
     if len(images) != len(samples):
         from ..errors import ArtifactError
 
@@ -87,4 +87,4 @@ def score(cfg: dict, iteration: int, *, images_path, samples_path, out_rewards) 
     terms = build_terms(cfg)
     cols = score_images(cfg, images, list(samples["prompt"]), [json.loads(m) for m in samples["metadata"]], terms)
     df = pd.DataFrame({"sample_id": samples["sample_id"].to_numpy(), "reward": cols.pop("reward"), **cols})
-    tables.write(out_rewards, df, "rewards", evaluators=identities(terms))
+    tables.write(out_rewards, df, "rewards", header.of(cfg, iteration), evaluators=identities(terms))

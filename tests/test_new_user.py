@@ -1,0 +1,186 @@
+"""What a new user hits, end to end (issue 16), on a mini clone (Snakefile, profiles/, report/ and a
+tiny config.yaml in a temporary folder) driven by the repository's own `profiles/local`, so the
+README's commands run there as written: wrong-run inputs refused, config edits rerun (naming the
+key), byte-identical files rerun nothing, a corrupt input keeps the good files, iterations from
+the command line, the report, a request past the last iteration, `opgrpo status`."""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+ITERS = 4  # the README's examples name iteration 3
+
+
+def _sha(p):
+    return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+
+def _sh(wd, cmd, check=True):
+    """A command line exactly as the README writes it, in the mini clone, with this Python first on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OPGRPO_PROGRESS": "0"}
+    res = subprocess.run(cmd, shell=True, cwd=wd, capture_output=True, text=True, timeout=900, env=env)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}")
+    return res
+
+
+def _planned(wd, *args) -> dict:
+    """Dry run with the local profile: {rule: count} of the jobs Snakemake would run (empty: nothing)."""
+    res = _sh(wd, "snakemake --profile profiles/local -n --quiet rules " + " ".join(args))
+    counts = {}
+    for line in res.stdout.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def _mini_clone(wd: Path, cfg: dict) -> Path:
+    for d in ("profiles", "report"):
+        shutil.copytree(REPO / d, wd / d)
+    shutil.copy(REPO / "Snakefile", wd / "Snakefile")
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return wd
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    # prompts.train: > 1 MB, more than Snakemake's default checksum limit (the main job's files are)
+    cfg = tiny_config(train={"iterations": ITERS}, eval={"every": 2}, prompts={"train": {"n": 8000}})
+    wd = _mini_clone(tmp_path_factory.mktemp("clone"), cfg)
+    _sh(wd, "snakemake --profile profiles/local")
+    return wd
+
+
+def test_readme_rerun_commands_run_as_written(clone):
+    block = (REPO / "README.md").read_text().split("## Rerunning one stage of one iteration")[1]
+    cmds = [ln.split("#")[0].strip() for ln in block.split("```bash")[1].split("```")[0].strip().splitlines()]
+    assert len(cmds) >= 4
+    target = clone / "runs/flowgrpo/iter_00003/rewards.parquet"
+    before = _sha(target)
+    for cmd in cmds:
+        res = _sh(clone, cmd)
+        if "--help" in cmd:
+            assert "--out-policy" in res.stdout, res.stdout
+    assert _sha(target) == before and _sha("/tmp/rewards.parquet") == before
+    assert _planned(clone) == {}  # regenerating byte-identical files left nothing to redo
+
+
+def test_report_command_as_written_opens_on_the_results(clone):
+    readme = (REPO / "README.md").read_text()
+    cmd = re.search(r"`(snakemake [^`]*--report report\.html[^`]*)`", readme).group(1)
+    _sh(clone, cmd)
+    html = (clone / "report.html").read_text()
+    # a non-empty metadata mapping makes the report open on the workflow description, which holds
+    # the results tables (report/workflow.rst), instead of the job graph
+    assert 'metadata = {"project"' in html
+    desc = json.loads(re.search(r"workflow_desc\s*=\s*(\".*?\");?\n", html).group(1))
+    assert "Table 1" in desc and "<table" in desc and "flowgrpo" in desc and "GenEval" in desc, desc[:2000]
+
+
+def test_byte_identical_restore_and_force_rerun_nothing(clone):
+    prompts = clone / "runs/prompts/train.jsonl"
+    assert prompts.stat().st_size > 1_000_000
+    shutil.copy(prompts, clone / "p.bak")
+    os.utime(prompts, None)
+    shutil.copy(clone / "p.bak", prompts)  # `cp` back: same bytes, new mtime
+    assert _planned(clone) == {}
+    _sh(clone, "snakemake --profile profiles/local -f runs/flowgrpo/iter_00001/policy.safetensors")
+    assert _planned(clone) == {}
+
+
+def test_config_edit_reruns_and_shows_the_change(clone):
+    cfg = yaml.safe_load((clone / "config.yaml").read_text())
+    original = (clone / "config.yaml").read_text()
+    try:
+        cfg["train"]["lr"] = 3e-4
+        (clone / "config.yaml").write_text(yaml.safe_dump(cfg))
+        res = _sh(clone, "snakemake --profile profiles/local -n")
+        assert re.search(r"Params have changed since last execution.*'train=\{[^']*\"lr\": 0\.0003", res.stdout,
+                         re.S), res.stdout[-3000:]
+        assert re.search(r"'train=\{[^']*\"lr\": 0\.0001", res.stdout), res.stdout[-3000:]  # old and new
+        planned = _planned(clone)
+        assert planned.get("policy_update") == ITERS and planned.get("init_policy") == 1, planned
+        cfg["train"]["lr"] = 1e-4
+        cfg["eval"]["samples_per_prompt"] = 3  # an evaluation key: re-evaluates, retrains nothing
+        (clone / "config.yaml").write_text(yaml.safe_dump(cfg))
+        planned = _planned(clone)
+        assert planned.get("evaluate") and "policy_update" not in planned and "rollout" not in planned, planned
+    finally:
+        (clone / "config.yaml").write_text(original)
+    assert _planned(clone) == {}
+
+
+def test_iterations_from_the_command_line(clone):
+    planned = _planned(clone, "--config 'train={iterations: 6}'")  # the way docs/config.md gives
+    assert planned.get("rollout") == 2 and planned.get("policy_update") == 2, planned  # extends, redoes nothing
+    res = _sh(clone, "snakemake --profile profiles/local -n --config 'train={iterations: 0}'", check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "Traceback (most recent call last)" not in out
+    assert "config.yaml + --config: key 'train.iterations': 0 is less than the minimum of 1" in out
+    (clone / "overlay.yaml").write_text("train: {iteratons: 3}\n")
+    res = _sh(clone, "snakemake --profile profiles/local -n --configfile overlay.yaml", check=False)
+    assert res.returncode != 0
+    assert re.search(r"overlay\.yaml: train: .*'iteratons'", res.stdout + res.stderr), res.stdout[-2000:]
+
+
+def test_request_past_the_last_iteration_is_an_error(clone):
+    res = _sh(clone, f"snakemake --profile profiles/local -n runs/flowgrpo/iter_{ITERS + 2:05d}/policy.safetensors",
+              check=False)
+    assert res.returncode != 0
+    msg = f"iteration {ITERS + 2} of run 'flowgrpo' does not exist: train.iterations = {ITERS} (iterations 0..{ITERS - 1})"
+    assert msg in res.stdout + res.stderr, res.stdout[-2000:]
+
+
+def test_status_shows_the_current_iteration(clone):
+    out = _sh(clone, "opgrpo status").stdout
+    assert f"flowgrpo: {ITERS}/{ITERS} iterations finished (current: iteration {ITERS - 1}" in out
+
+
+def test_artifacts_are_world_readable(clone):
+    for f in ["runs/flowgrpo/iter_00000/trajectories.safetensors", "runs/flowgrpo/iter_00000/policy.safetensors",
+              "runs/flowgrpo/iter_00000/samples.parquet"]:
+        assert (clone / f).stat().st_mode & 0o777 == 0o666 & ~_umask(), f
+
+
+def _umask():
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def test_wrong_run_file_is_refused_and_corrupt_input_keeps_good_files(clone):
+    """Last: it damages the clone. A trajectories file of another iteration copied in, then a
+    truncated rewards table: Snakemake stops naming the file, and every other file stays."""
+    it = clone / "runs/flowgrpo/iter_00002"
+    keep = {p: _sha(p) for p in [it / "policy.safetensors", it / "optimizer.safetensors", it / "update_metrics.parquet",
+                                 clone / "runs/flowgrpo/iter_00003/trajectories.safetensors"]}
+    good = (it / "trajectories.safetensors").read_bytes()
+    shutil.copy(clone / "runs/flowgrpo/iter_00001/trajectories.safetensors", it / "trajectories.safetensors")
+    res = _sh(clone, "snakemake --profile profiles/local", check=False)
+    assert res.returncode != 0
+    assert "iter_00002/trajectories.safetensors: header says iteration=1, expected 2" in res.stdout + res.stderr
+    assert {p: _sha(p) for p in keep} == keep
+    (it / "trajectories.safetensors").write_bytes(good)
+
+    rewards = it / "rewards.parquet"
+    rewards.write_bytes(rewards.read_bytes()[:200])
+    res = _sh(clone, "snakemake --profile profiles/local", check=False)
+    assert res.returncode != 0
+    assert "iter_00002/rewards.parquet: not a readable Parquet file" in res.stdout + res.stderr
+    assert "delete it and rerun" in res.stdout + res.stderr
+    assert {p: _sha(p) for p in keep} == keep  # nothing downstream was deleted or changed
+    rewards.unlink()
+    _sh(clone, "snakemake --profile profiles/local")
+    assert {p: _sha(p) for p in keep} == keep  # regenerated: the same bytes, nothing else redone
