@@ -289,3 +289,18 @@ def test_replayed_suffix_is_regenerated_as_configured(stage_dir, regenerate):
     assert m["weight_min"] == pytest.approx(float(w.min()), rel=1e-5)
     assert m["weight_max"] == pytest.approx(float(w.max()), rel=1e-5)
     assert m["weight_std"] == pytest.approx(float(w.std(unbiased=False)), rel=1e-3, abs=1e-9)
+
+
+def test_report_summarises_the_weight_spread():
+    from opgrpo_stages.stages.report import _weight_section, weight_spread
+
+    metrics = pd.DataFrame({"n_replay": [0, 2, 3], "weight_min": [1.0, 0.999, 0.998],
+                            "weight_max": [1.0, 1.001, 1.003], "weight_std": [0.0, 0.0005, 0.001]})
+    data = {"runs": {"opgrpo": {"metrics": metrics, "cfg": {"replay": {"correction": "sequence"}}},
+                     "flowgrpo": {"metrics": metrics.assign(n_replay=0), "cfg": {"replay": {"correction": "sequence"}}}}}
+    table = weight_spread(data)
+    assert table["run"].tolist() == ["opgrpo"]  # runs without replay have no weight
+    row = table.iloc[0]
+    assert (row["weight_min"], row["weight_max"]) == (0.998, 1.003)
+    assert row["weight_std_mean"] == pytest.approx(0.00075)  # iterations with replay only
+    assert "Sequence weight" in _weight_section(table) and _weight_section(table.iloc[:0]) == ""
