@@ -14,7 +14,7 @@ from opgrpo_stages import config as C
 from opgrpo_stages import layout as L
 from opgrpo_stages.formats import buffer as buffer_fmt
 from opgrpo_stages.formats import policy as policy_fmt
-from opgrpo_stages.formats import tables, trajectories
+from opgrpo_stages.formats import tables, tensorfile, trajectories
 from opgrpo_stages.grpo import ema_update, group_advantages, kl_std, kl_to_reference, nonzero_advantage_samples
 from opgrpo_stages.sde import sde_step, transition_mean
 from opgrpo_stages.stages.buffer_update import buffer_update, update_buffer
@@ -120,7 +120,7 @@ def test_ema_in_the_optimizer_file_follows_the_upstream_schedule(stage_dir):
     for k in range(3):
         metrics.append(_iteration(cfg, k))
         policies.append(policy_fmt.read_policy(L.policy(run, k))[0])
-        tensors, _meta, _ = __import__("opgrpo_stages.formats.tensorfile", fromlist=["read"]).read(
+        tensors, _meta, _ = tensorfile.read(
             L.optimizer(run, k), policy_fmt.OPTIMIZER_KIND, {})
         emas.append({n.removeprefix("ema/"): t for n, t in tensors.items() if n.startswith("ema/")})
     d1, d3 = (2 / 11) ** 2, (4 / 13) ** 2
@@ -132,6 +132,22 @@ def test_ema_in_the_optimizer_file_follows_the_upstream_schedule(stage_dir):
         torch.testing.assert_close(emas[2][name].double(), e2, rtol=1e-5, atol=1e-7)
     assert [m["optimizer_steps"] for m in metrics] == [1, 1, 1]
     assert [m["ema_updates"] for m in metrics] == [1, 0, 1]
+
+
+def test_ema_old_reading_is_still_available(stage_dir):
+    """{warmup: false, update_interval: 1, repeats: 1, init: first_update}: from the first updated
+    weights, then ema = d ema + (1 - d) p after every optimizer step."""
+    old = {"enabled": True, "warmup": False, "update_interval": 1, "repeats": 1, "init": "first_update"}
+    cfg = C.resolve_run(tiny_config(train={"minibatches": 1, "ema": old}), "flowgrpo")
+    _prepare(cfg)
+    run = cfg["run"]
+    for k in range(2):
+        _iteration(cfg, k)
+    p0, p1 = (policy_fmt.read_policy(L.policy(run, k))[0] for k in range(2))
+    tensors = tensorfile.read(
+        L.optimizer(run, 1), policy_fmt.OPTIMIZER_KIND, {})[0]
+    for name in p0:
+        torch.testing.assert_close(tensors[f"ema/{name}"], 0.9 * p0[name] + 0.1 * p1[name], rtol=1e-5, atol=1e-7)
 
 
 # ---- 3. zero-advantage samples ----------------------------------------------------------------
