@@ -8,7 +8,8 @@ trajectories plus the stored one, kept for its first ``replay.truncation`` steps
 by the current policy after that (``logp_old`` of the kept steps is recomputed under the current
 policy, ``logp_behavior`` keeps the stored values). ``replay.regenerate: ode`` (the paper's Eq. 13
 with Eq. 2) regenerates the rest with deterministic Euler steps, which have no density: they get
-log-prob 0 and are not trained; ``sde`` draws them with the SDE and trains them like fresh steps. Group order and in-group order are shuffled.
+log-prob 0 and are not trained; ``sde`` draws them with the SDE and trains them like fresh steps.
+Group order and in-group order are shuffled.
 """
 
 from __future__ import annotations
