@@ -27,11 +27,13 @@ def per_sample_noise(backbone, seeds: list[int], num_steps: int):
 
 @torch.no_grad()
 def sample_sde(backbone, cond, init, step_noise, sigmas, *, noise_level, kind, reduction, batch_size,
-               kept_latents=None, kept_steps=None, progress=None):
+               kept_latents=None, kept_steps=None, ode_from=None, progress=None, cps_logp="flow_grpo"):
     """Returns (latents (N, S+1, *latent), logp (N, S)) under the current policy.
 
     ``kept_latents`` (N, S+1, *latent) and ``kept_steps`` (N,) int: for sample n the first
-    ``kept_steps[n]`` transitions are taken from ``kept_latents[n]`` (and scored)."""
+    ``kept_steps[n]`` transitions are taken from ``kept_latents[n]`` (and scored).
+    ``ode_from`` (N,) int: from step ``ode_from[n]`` on, sample n takes deterministic Euler steps
+    (paper Eq. 2) instead of SDE steps; those steps have no density and get log-prob 0."""
     n, s = init.shape[0], sigmas.shape[0] - 1
     latents = torch.empty((n, s + 1, *init.shape[1:]), dtype=torch.float32)
     logp = torch.empty((n, s), dtype=torch.float32)
@@ -48,15 +50,19 @@ def sample_sde(backbone, cond, init, step_noise, sigmas, *, noise_level, kind, r
         for i in range(s):
             v = backbone.velocity(x, sig[i], c)
             drawn = sde_step(v, x, sig[i], sig[i + 1], noise_level=noise_level, sigma_max=sig[1],
-                             noise=step_noise[idx, i], kind=kind, reduction=reduction)
+                             noise=step_noise[idx, i], kind=kind, reduction=reduction, cps_logp=cps_logp)
             x_next = drawn.prev_sample
             if keep is not None and (keep > i).any():
                 use_kept = (keep > i).view(-1, *[1] * (x.ndim - 1))
                 x_next = torch.where(use_kept, kept_latents[idx, i + 1], x_next)
                 lp = sde_step(v, x, sig[i], sig[i + 1], noise_level=noise_level, sigma_max=sig[1],
-                              prev_sample=x_next, kind=kind, reduction=reduction).log_prob
+                              prev_sample=x_next, kind=kind, reduction=reduction, cps_logp=cps_logp).log_prob
             else:
                 lp = drawn.log_prob
+            if ode_from is not None and (ode_from[idx] <= i).any():
+                use_ode = ode_from[idx] <= i
+                x_next = torch.where(use_ode.view(-1, *[1] * (x.ndim - 1)), ode_step(v, x, sig[i], sig[i + 1]), x_next)
+                lp = torch.where(use_ode, torch.zeros_like(lp), lp)
             latents[idx, i + 1] = x_next
             logp[idx, i] = lp
             x = x_next

@@ -1,8 +1,13 @@
 """Stage ``buffer_update``: OP-GRPO's replay buffer of high-reward trajectories.
 
-Rules (paper section 4.1): every stored reward first decays (``reward *= replay.decay``, the
-stepwise decay that makes old entries easier to replace); then each group offers its
-highest-reward trajectory. At most one entry per prompt: a prompt already stored is replaced
+Rules (paper section 4.1): entries compete by a decayed reward (the paper's "stepwise decay to
+the rewards of trajectories in the buffer, so that older samples naturally become easier to
+replace"). ``replay.decay_mode: age`` (default): reward = raw_reward - replay.age_penalty * age *
+std, age = iteration - birth_iteration of the trajectory (a replayed trajectory that wins again
+keeps its birth, so it keeps aging) and std the iteration's reward std, so the rule does not
+depend on the reward's offset or scale. ``multiplicative``: every stored reward is multiplied by
+``replay.decay`` each iteration and a (re-)inserted trajectory starts from its raw reward. Then
+each group offers its highest-reward trajectory. At most one entry per prompt: a prompt already stored is replaced
 only by a higher reward; a new prompt is inserted while there is room, else it replaces the
 lowest-reward entry if its reward is higher. The previous buffer file is never modified: the
 result is a new file. With ``replay.fraction == 0`` (Flow-GRPO) the buffer is carried through
@@ -24,22 +29,36 @@ def select_candidates(samples, rewards):
     return out
 
 
-def update_buffer(buf, candidates: list[dict], *, capacity: int, decay: float):
+DECAY_MODES = ("age", "multiplicative")
+
+
+def update_buffer(buf, candidates: list[dict], *, capacity: int, decay: float, mode: str = "multiplicative",
+                  iteration: int | None = None, age_penalty: float = 0.0, reward_std: float = 0.0):
     """Pure rule application. ``candidates``: dicts with prompt_id, prompt, metadata, tag,
-    reward, birth_iteration, latents (S+1, *latent), logp_behavior (S,). Returns a new Buffer."""
+    reward, birth_iteration, latents (S+1, *latent), logp_behavior (S,). Returns a new Buffer.
+    ``mode='age'`` needs ``iteration``, ``age_penalty`` and ``reward_std``; ``'multiplicative'``
+    uses ``decay``."""
     import pandas as pd
     import torch
 
     from ..formats.buffer import Buffer
 
+    if mode not in DECAY_MODES:
+        raise ValueError(f"unknown buffer decay mode {mode!r}; expected one of {DECAY_MODES}")
+
+    def aged(raw, birth):  # the comparison reward of a trajectory at this iteration
+        return float(raw) - age_penalty * (iteration - int(birth)) * reward_std
+
     entries = []  # list of (row dict, latents, logp)
     for i in range(len(buf)):
         row = buf.table.iloc[i].to_dict()
-        row["reward"] = float(row["reward"]) * decay
+        row["reward"] = aged(row["raw_reward"], row["birth_iteration"]) if mode == "age" else float(row["reward"]) * decay
         entries.append([row, buf.latents[i], buf.logp_behavior[i]])
     for c in candidates:
         row = {k: c[k] for k in ("prompt_id", "prompt", "metadata", "tag", "birth_iteration")}
         row["reward"] = row["raw_reward"] = float(c["reward"])
+        if mode == "age":
+            row["reward"] = aged(row["raw_reward"], row["birth_iteration"])
         item = [row, c["latents"], c["logp_behavior"]]
         same = [e for e in entries if e[0]["prompt_id"] == row["prompt_id"]]
         if same:
@@ -91,7 +110,9 @@ def buffer_update(cfg: dict, iteration: int, *, buffer_paths, trajectories_path,
             "reward": float(rewards["reward"].iloc[i]), "birth_iteration": int(s["birth_iteration"]),
             "latents": traj.latents[i], "logp_behavior": traj.logp_behavior[i],
         })
-    new = update_buffer(buf, cands, capacity=rc["capacity"], decay=rc["decay"])
+    new = update_buffer(buf, cands, capacity=rc["capacity"], decay=rc["decay"], mode=rc["decay_mode"],
+                        iteration=iteration, age_penalty=rc["age_penalty"],
+                        reward_std=float(rewards["reward"].to_numpy().std()))
     fault("buffer_update", "updated", cfg["run"], iteration)
     buffer_fmt.write(out_buffer, out_buffer_table, new, meta)
     log.info("buffer_update %s iter %d: %d entries, mean reward %.3f", cfg["run"], iteration, len(new),

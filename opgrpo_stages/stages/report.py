@@ -248,6 +248,23 @@ def steps_to_target(data):
     return pd.DataFrame(rows, columns=cols)
 
 
+def weight_spread(data):
+    """Per run with replayed samples: the sequence weight's extremes over all iterations and its
+    mean per-iteration std (item 12 of issue 13: with mean-reduced log-probs it stays near 1)."""
+    import pandas as pd
+
+    rows = []
+    for run, d in data["runs"].items():
+        m = d["metrics"]
+        if "weight_std" not in m or m["n_replay"].sum() == 0:
+            continue
+        has = m["n_replay"] > 0
+        rows.append({"run": run, "correction": d["cfg"]["replay"]["correction"],
+                     "weight_min": float(m.loc[has, "weight_min"].min()), "weight_max": float(m.loc[has, "weight_max"].max()),
+                     "weight_std_mean": float(m.loc[has, "weight_std"].mean())})
+    return pd.DataFrame(rows, columns=["run", "correction", "weight_min", "weight_max", "weight_std_mean"])
+
+
 def headline(speed) -> str:
     """Mean and spread over seeds of the fraction of Flow-GRPO's iterations OP-GRPO needs."""
     if speed.empty:
@@ -270,6 +287,13 @@ def _markdown(df) -> str:
     for _, r in df.iterrows():
         lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _weight_section(spread) -> str:
+    if spread.empty:
+        return ""
+    return ("\n## Sequence weight of replayed samples\n\nOver all iterations; `weight_std_mean`: the mean of the "
+            "per-iteration std (docs/opgrpo.md, \"What the mean reduction implies\").\n\n" + _markdown(spread) + "\n")
 
 
 def _save(fig, path):
@@ -402,7 +426,8 @@ def report(cfg: dict, runs: list[str] | None = None, outputs: dict | None = None
                            for r, f, p in zip(names, fr, rp))
     write_text(out["md"], _markdown(table) + "\n## Steps to Flow-GRPO's final reward\n\n" + head + "\n\n"
                + (_markdown(speed) if not speed.empty else "") + "\n## Clipped fraction\n\n"
-               "| run | correction | fresh | replayed |\n|---|---|---|---|\n" + clip_lines + "\n")
+               "| run | correction | fresh | replayed |\n|---|---|---|---|\n" + clip_lines + "\n"
+               + _weight_section(weight_spread(data)))
     t1, t2 = write_paper_tables(cfg, runs, out)
     log.info("Table 1:\n%s", t1.to_string(index=False))
     log.info("results:\n%s", table.to_string(index=False))

@@ -6,7 +6,10 @@ Outputs: ``trajectories.safetensors``, ``samples.parquet``, ``images.safetensors
 With ``replay.fraction > 0`` (OP-GRPO) a share of the groups comes from the buffer: G-1 fresh
 trajectories plus the stored one, kept for its first ``replay.truncation`` steps and regenerated
 by the current policy after that (``logp_old`` of the kept steps is recomputed under the current
-policy, ``logp_behavior`` keeps the stored values). Group order and in-group order are shuffled.
+policy, ``logp_behavior`` keeps the stored values). ``replay.regenerate: ode`` (the paper's Eq. 13
+with Eq. 2) regenerates the rest with deterministic Euler steps, which have no density: they get
+log-prob 0 and are not trained; ``sde`` draws them with the SDE and trains them like fresh steps.
+Group order and in-group order are shuffled.
 """
 
 from __future__ import annotations
@@ -117,6 +120,9 @@ def _rollout(cfg, iteration, dp, *, prompts_path, policy_path, buffer_paths, out
     mine = slice(mine.start * bs, min(mine.stop * bs, len(rows)))
     init, step_noise = per_sample_noise(backbone, seeds[mine], n_steps)
     kept_steps = torch.tensor(samples["kept_steps"].to_numpy()[mine], dtype=torch.long)
+    # regenerate ode: a replayed sample's steps from t_off on are Euler steps (never for fresh ones)
+    regen_ode = cfg["replay"]["regenerate"] == "ode"
+    ode_from = torch.where(kept_steps > 0, kept_steps, n_steps) if regen_ode else None
     kept_latents = None
     if (kept_steps > 0).any():
         kept_latents = torch.zeros((len(kept_steps), n_steps + 1, *backbone.latent_shape))
@@ -127,7 +133,7 @@ def _rollout(cfg, iteration, dp, *, prompts_path, policy_path, buffer_paths, out
     latents, logp_old = sample_sde(
         backbone, cond, init, step_noise, sigmas, noise_level=sc["noise_level"], kind=sc["sde"],
         reduction=sc["logp_reduction"], batch_size=sc["batch_size"], kept_latents=kept_latents,
-        kept_steps=kept_steps, progress=progress,
+        kept_steps=kept_steps, ode_from=ode_from, progress=progress, cps_logp=sc["cps_logp"],
     )
     fault("rollout", "sampled", run, iteration)
     images = backbone.decode(latents[:, -1])
@@ -140,6 +146,10 @@ def _rollout(cfg, iteration, dp, *, prompts_path, policy_path, buffer_paths, out
             logp_behavior[n, :t_off] = buf.logp_behavior[r, :t_off]
     train_steps = torch.zeros((len(rows), n_steps), dtype=torch.bool)
     train_steps[:, : num_train_steps(n_steps, cfg["train"]["timestep_fraction"])] = True
+    if regen_ode:
+        for n, r in enumerate(kept_rows):
+            if r >= 0:
+                train_steps[n, t_off:] = False  # deterministic steps: nothing to train
 
     meta = {"run": run, "iteration": iteration, "noise_level": sc["noise_level"], "sde": sc["sde"],
             "logp_reduction": sc["logp_reduction"], "backbone": backbone.name}
