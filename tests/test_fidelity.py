@@ -14,7 +14,7 @@ from opgrpo_stages import config as C
 from opgrpo_stages import layout as L
 from opgrpo_stages.formats import buffer as buffer_fmt
 from opgrpo_stages.formats import policy as policy_fmt
-from opgrpo_stages.formats import tables, tensorfile, trajectories
+from opgrpo_stages.formats import header, tables, tensorfile, trajectories
 from opgrpo_stages.grpo import ema_update, group_advantages, kl_std, kl_to_reference, nonzero_advantage_samples
 from opgrpo_stages.sde import sde_step, transition_mean
 from opgrpo_stages.stages.buffer_update import buffer_update, update_buffer
@@ -176,7 +176,7 @@ def test_all_zero_advantages_train_nothing(stage_dir):
     score(cfg, 0, **L.stage_paths("score", run, 0))
     rewards = tables.read(L.rewards(run, 0), "rewards")
     rewards["reward"] = 0.5  # every group's rewards equal: every advantage is exactly zero
-    tables.write(L.rewards(run, 0), rewards, "rewards")
+    tables.write(L.rewards(run, 0), rewards, "rewards", header.of(cfg, 0))
     buffer_update(cfg, 0, **L.stage_paths("buffer_update", run, 0))
     m = policy_update(cfg, 0, **L.stage_paths("policy_update", run, 0))
     before, _ = policy_fmt.read_policy(L.policy(run, -1))
@@ -199,7 +199,7 @@ def test_update_trains_the_nonzero_advantage_samples(stage_dir):
     r = rewards["reward"].to_numpy().copy()
     r[samples["group"].to_numpy() == 0] = 1.0  # group 0 all equal: 4 zero advantages
     rewards["reward"] = r
-    tables.write(L.rewards(run, 0), rewards, "rewards")
+    tables.write(L.rewards(run, 0), rewards, "rewards", header.of(cfg, 0))
     m = policy_update(cfg, 0, **L.stage_paths("policy_update", run, 0))
     adv = group_advantages(r, samples["group"].to_numpy(), std_mode="global")
     nonzero = int((adv != 0).sum())
