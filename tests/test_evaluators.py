@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_config
+from t2icb_tiny_models import AnyTextBackbone
 from opgrpo_stages import config as C
 from opgrpo_stages import layout as L
 from opgrpo_stages.evaluators.client import EvaluatorError
@@ -146,17 +147,6 @@ def test_geneval_server_scores_rendered_scenes_as_in_process(servers):
     assert all(r["diagnostics"]["reasons"] for r in wrong)  # GenEval's reasons come back
 
 
-class _AnyTextBackbone:
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def encode_prompts(self, prompts):
-        return self.inner.encode_prompts([{"prompt": "a photo of a square"} for _ in prompts])
-
-
 def test_tables_1_and_2_through_servers_equal_in_process(servers, tmp_path, monkeypatch):
     from evaluator_standins import LevelLogits, t2i_compbench_models
     from opgrpo_stages.formats import prompts as prompts_fmt
@@ -183,7 +173,7 @@ def test_tables_1_and_2_through_servers_equal_in_process(servers, tmp_path, monk
     assert tables.evaluators(L.eval_table("base", 0))["geneval"]["tool"] == "geneval"
 
     real = E.load_eval_backbone
-    monkeypatch.setattr(E, "load_eval_backbone", lambda *a, **k: _AnyTextBackbone(real(*a, **k)))
+    monkeypatch.setattr(E, "load_eval_backbone", lambda *a, **k: AnyTextBackbone(real(*a, **k)))
     out = final_eval(remote, **final_eval_paths(remote, "base", "base"))["table"].set_index(["table", "metric"])
     # Table 1: DeQA through its server = the stand-in's level logits through the DeQA formula here
     items, images = E.sample_eval_images(cfg, E.load_eval_backbone(cfg), prompts_fmt.read(L.prompts("heldout")), 1)

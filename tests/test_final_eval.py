@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_config
+from t2icb_tiny_models import AnyTextBackbone
 from opgrpo_stages import config as C
 from opgrpo_stages import layout as L
 from opgrpo_stages.errors import ConfigError, ModelPathError
@@ -172,20 +173,6 @@ def test_cli_final_eval_base(base_eval):
     assert df.loc["brightness", "status"] == "ok"
 
 
-class _AnyTextBackbone:
-    """The tiny backbone, conditioned on a fixed world prompt whatever the text: stands for a
-    free-text backbone so the T2I-CompBench++ sampling path runs end to end."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def encode_prompts(self, prompts):
-        return self.inner.encode_prompts([{"prompt": "a photo of a square"} for _ in prompts])
-
-
 def test_t2i_category_sampled_and_scored(base_eval, tmp_path_factory, monkeypatch):
     from t2icb_tiny_models import tiny_clip
 
@@ -195,7 +182,7 @@ def test_t2i_category_sampled_and_scored(base_eval, tmp_path_factory, monkeypatc
 
     clip = tiny_clip(tmp_path_factory.mktemp("clip") / "clip")
     real = E.load_eval_backbone
-    monkeypatch.setattr(E, "load_eval_backbone", lambda *a, **k: _AnyTextBackbone(real(*a, **k)))
+    monkeypatch.setattr(E, "load_eval_backbone", lambda *a, **k: AnyTextBackbone(real(*a, **k)))
     cfg = C.deep_merge(base_eval, {"eval": {"metrics": [], "t2i_compbench": {
         "categories": ["non_spatial"], "images_per_prompt": 2, "prompts_per_category": 2}},
         "reward": {"options": {"t2i_compbench": {"clip_path": str(clip)}}}})
