@@ -65,12 +65,6 @@ onerror:
 # parser and are read as YAML here
 SOURCES = C.snakemake_sources(workflow)
 C.retype_cli_overrides(config, workflow.config_settings.config)
-_tflops = config.get("cluster", {}).get("tflops")
-if isinstance(_tflops, str):
-    try:
-        config["cluster"]["tflops"] = float(_tflops)
-    except ValueError:
-        pass  # validation names the key
 C.validate_sources(config, SOURCES["overlays"], workflow.config_settings.config)
 validate(config, str(C.SCHEMA_PATH))
 C.expand_seed_runs(config)  # `seeds:` adds <run>-seed<k> runs and the `seeds` experiment
