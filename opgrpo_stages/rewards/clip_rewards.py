@@ -46,6 +46,7 @@ def l2n(x):
 class PickScoreReward(Reward):
     needs = ("images", "prompts")
     uses_device = True
+    batched = True
 
     def __init__(self, path=None, processor_path=None, device: str = "cpu", batch_size: int = 16,
                  normalize: bool = False):
@@ -94,6 +95,7 @@ def sha256_file(path) -> str:
 class AestheticReward(Reward):
     needs = ("images",)
     uses_device = True
+    batched = True
 
     def __init__(self, path=None, processor_path=None, head_path=None, device: str = "cpu", batch_size: int = 16):
         self.model, self.processor = load_clip("aesthetic", path, processor_path, device)

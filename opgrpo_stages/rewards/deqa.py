@@ -42,6 +42,7 @@ def expand_to_square(img, fill):
 class DeqaReward(Reward):
     needs = ("images",)
     uses_device = True
+    batched = True
 
     def __init__(self, path=None, processor_path=None, device: str = "cpu", batch_size: int = 8,
                  prompt: str = PROMPT, trust_remote_code: bool = False, dtype: str = "float32"):

@@ -114,6 +114,7 @@ def preprocess(image: np.ndarray, size: int):
 class ImageRewardReward(Reward):
     needs = ("images", "prompts")
     uses_device = True
+    batched = True
 
     def __init__(self, path=None, tokenizer_path=None, device: str = "cpu", batch_size: int = 8,
                  checkpoint_name: str = "ImageReward.pt"):

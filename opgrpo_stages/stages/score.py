@@ -11,9 +11,14 @@ import json
 import numpy as np
 
 
+def reward_batch_size(cfg: dict) -> int:
+    return int(cfg["reward"].get("batch_size", 16))
+
+
 def build_term(cfg: dict, name: str, *, evaluation: bool = False):
     """The registered reward ``name`` built from ``reward.options.<name>``, with the embedded world
-    (geneval) and ``runtime.device`` (model-based rewards) filled in unless the options set them.
+    (geneval), ``runtime.device`` (model-based rewards) and ``reward.batch_size`` (rewards that batch
+    their model's forward passes) filled in unless the options set them.
     ``evaluation``: the held-out metric, built without the reward's training-only options."""
     from ..rewards import REWARDS, build_reward
 
@@ -29,6 +34,8 @@ def build_term(cfg: dict, name: str, *, evaluation: bool = False):
         opts.setdefault("world", cfg["world"])
     if getattr(REWARDS[name], "uses_device", False):
         opts.setdefault("device", cfg.get("runtime", {}).get("device", "cpu"))
+    if getattr(REWARDS[name], "batched", False):
+        opts.setdefault("batch_size", reward_batch_size(cfg))
     return build_reward(name, **opts)
 
 
@@ -49,7 +56,8 @@ def build_terms(cfg: dict, *, evaluation: bool = False) -> dict:
         if evaluation:  # the same instance serves training and evaluation unless a training-only option is set
             opts = {k: v for k, v in opts.items() if k not in getattr(REWARDS[name], "training_only_options", ())}
         key = (name, json.dumps(opts, sort_keys=True, default=str),
-               json.dumps(cfg.get("world"), sort_keys=True, default=str), cfg.get("runtime", {}).get("device", "cpu"))
+               json.dumps(cfg.get("world"), sort_keys=True, default=str), cfg.get("runtime", {}).get("device", "cpu"),
+               reward_batch_size(cfg))
         terms[name] = lend("reward", key, lambda name=name: build_term(cfg, name, evaluation=evaluation))[0]
     return terms
 
