@@ -78,7 +78,39 @@ def score_images(cfg: dict, images, prompts: list[str], metadata: list[dict], te
     return cols
 
 
+def block_rows(dp, n: int, unit: int) -> slice:
+    """This process's contiguous rows of ``n``: whole blocks of ``unit`` rows (the model batches of
+    a 1-process run, so each row meets the same batch neighbours and scores bit-identically)."""
+    import math
+
+    b = dp.shard(math.ceil(n / unit))
+    return slice(min(b.start * unit, n), min(b.stop * unit, n))
+
+
+def gather_blocks(dp, block) -> list:
+    """Every process's ``block`` (a picklable value; None for an empty share) in rank order on the
+    main process, without the Nones; ``[]`` on the others."""
+    box = np.empty(1, object)
+    box[0] = block
+    (got,) = dp.gather_cat(box)
+    return [] if got is None else [b for b in got if b is not None]
+
+
+def concat_columns(blocks: list[dict]) -> dict:
+    return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+
+
 def score(cfg: dict, iteration: int, *, images_path, samples_path, out_rewards) -> None:
+    """Data parallel under a launcher (:mod:`opgrpo_stages.distributed`): each process scores its
+    block of whole ``reward.batch_size`` batches; the main process gathers the columns in order and
+    writes the file a single process writes."""
+    from ..distributed import data_parallel
+
+    with data_parallel(cfg) as dp:
+        _score(cfg, iteration, dp, images_path=images_path, samples_path=samples_path, out_rewards=out_rewards)
+
+
+def _score(cfg: dict, iteration: int, dp, *, images_path, samples_path, out_rewards) -> None:
     import pandas as pd
 
     from ..formats import images as images_fmt
@@ -93,6 +125,13 @@ def score(cfg: dict, iteration: int, *, images_path, samples_path, out_rewards) 
     from ..rewards.remote import identities
 
     terms = build_terms(cfg)
-    cols = score_images(cfg, images, list(samples["prompt"]), [json.loads(m) for m in samples["metadata"]], terms)
+    prompts, metadata = list(samples["prompt"]), [json.loads(m) for m in samples["metadata"]]
+    mine = block_rows(dp, len(samples), reward_batch_size(cfg))
+    block = score_images(cfg, images[mine], prompts[mine], metadata[mine], terms) if mine.stop > mine.start else None
+    blocks = gather_blocks(dp, block)
+    if not dp.is_main:
+        return
+    # no samples at all: the terms see the empty batch, as they always did
+    cols = concat_columns(blocks) if blocks else score_images(cfg, images, prompts, metadata, terms)
     df = pd.DataFrame({"sample_id": samples["sample_id"].to_numpy(), "reward": cols.pop("reward"), **cols})
     tables.write(out_rewards, df, "rewards", header.of(cfg, iteration), evaluators=identities(terms))
