@@ -83,14 +83,14 @@ class ClipColorClassifier:
         from .rewards._models import batches, pooled
 
         crops = [(d, masked_crop(image, d, self.bgcolor, self.crop)) for image, dets in requests for d in dets]
-        labels = []
+        picks = []  # argmax indices, left on the device until every batch is queued (rewards._models.to_host)
         for s in batches(len(crops), self.batch_size):
             pix = self.processor(images=[c for _, c in crops[s]], return_tensors="pt")["pixel_values"]
             with torch.no_grad():
                 f = pooled(self.model.get_image_features(pixel_values=pix.to(self.device)))
             f = f / f.norm(dim=-1, keepdim=True)
-            labels += [self.colors[int((fi @ self.class_embeddings(d.label).T).argmax())]
-                       for fi, (d, _) in zip(f, crops[s])]
+            picks += [(fi @ self.class_embeddings(d.label).T).argmax() for fi, (d, _) in zip(f, crops[s])]
+        labels = [self.colors[int(i)] for i in (torch.stack(picks).cpu() if picks else [])]
         out, i = [], 0
         for _, dets in requests:
             out.append(labels[i:i + len(dets)])

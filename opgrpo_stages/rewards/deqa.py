@@ -88,8 +88,8 @@ class DeqaReward(Reward):
             mask = inp["attention_mask"]
             last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(1)  # last real token
             sel = logits[torch.arange(len(pil)), last][:, self.level_ids].double()
-            out.append(torch.softmax(sel, -1).cpu())
-        return torch.cat(out)
+            out.append(torch.softmax(sel, -1))  # on the device until every batch is queued (to_host)
+        return torch.cat(out).cpu()
 
     def score(self, images, prompts=None, metadata=None):
         x = check_images(images)

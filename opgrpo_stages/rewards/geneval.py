@@ -83,10 +83,19 @@ def jpeg_roundtrip(images: np.ndarray, quality: int) -> np.ndarray:
 
     from PIL import Image
 
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     out = np.empty_like(images)
-    for i, im in enumerate(images):
+
+    def one(i):
         buf = io.BytesIO()
-        Image.fromarray(im).save(buf, format="JPEG", quality=quality)
+        Image.fromarray(images[i]).save(buf, format="JPEG", quality=quality)
         buf.seek(0)
         out[i] = np.asarray(Image.open(buf, formats=["jpeg"]).convert("RGB"))
+
+    # PIL's codec releases the GIL: threads overlap the images (~4 ms each at 512 px); each image's
+    # bytes are those of a serial loop
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1, len(images)))) as pool:
+        list(pool.map(one, range(len(images))))
     return out
