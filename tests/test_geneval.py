@@ -381,6 +381,11 @@ def test_mask2former_backend_with_mocked_mmdet(tmp_path, monkeypatch):
     got = det5.detect(many)
     assert calls["batches"] == [2, 2, 1] and len(got) == 5
     assert [int(im[0, 0, 2]) for im in calls["imgs"]] == list(range(5))  # in order (BGR: red is channel 2)
+    # as a reward: Mask2Former's detections carry no colour, so a colour classifier is required up front
+    from opgrpo_stages.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"reward\.options\.geneval\.color_classifier: the mask2former detector"):
+        build_reward("geneval", detector="mask2former", detector_kwargs={"checkpoint": str(ckpt), "config": str(cfgf)})
     # without a config the official one inside the mmdet package is required
     from opgrpo_stages.errors import ModelPathError
 

@@ -53,6 +53,13 @@ class GenevalReward(Reward):
         elif detector == "mask2former":
             kw.setdefault("batch_size", batch_size)
         self.detector = G.build_detector(detector, **kw)
+        if detector == "mask2former" and color_classifier is None:
+            from ..errors import ConfigError
+
+            # found at stage start, not at the first colour prompt mid-run
+            raise ConfigError("reward.options.geneval.color_classifier: the mask2former detector gives no colours; "
+                              "set color_classifier: clip (GenEval's CLIP ViT-L/14 zero-shot colours) with "
+                              "color_classifier_kwargs.path")
         self.color_classifier = None
         if color_classifier is not None:
             ckw = dict(color_classifier_kwargs or {})
