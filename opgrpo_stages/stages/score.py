@@ -2,6 +2,8 @@
 
 Inputs: ``images.safetensors`` and ``samples.parquet``. Output: ``rewards.parquet`` with one
 column per reward term (and its diagnostics) plus ``reward``, the configured weighted sum.
+Under a launcher every process scores a block of whole ``reward.batch_size`` batches and the
+main process writes (docs/architecture.md, "Reward scoring at scale").
 """
 
 from __future__ import annotations
