@@ -10,7 +10,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import tiny_config
 
