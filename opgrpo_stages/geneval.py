@@ -273,6 +273,60 @@ def evaluate_image(metadata: Mapping[str, Any], detections: Sequence[Detection],
     return ImageScore(correct=bool(correct), reward=reward, reasons=reasons)
 
 
+class _RecordColors:
+    """Pass 1 of :func:`evaluate_images`: notes which objects the rules ask colours of, answers none."""
+
+    def __init__(self):
+        self.asked: dict[int, Detection] = {}
+
+    def classify(self, image, detections):
+        self.asked.update((id(d), d) for d in detections)
+        return [None] * len(detections)
+
+
+class _KnownColors:
+    """Pass 2: the colours classified in one batched call, looked up by object."""
+
+    def __init__(self, colors: dict[int, str]):
+        self.colors = colors
+
+    def classify(self, image, detections):
+        return [self.colors[id(d)] for d in detections]
+
+
+def evaluate_images(metadata: Sequence[Mapping[str, Any]], detections: Sequence[Sequence[Detection]],
+                    images: np.ndarray | None = None, color_classifier: ColorClassifier | None = None,
+                    **kwargs) -> list[ImageScore]:
+    """:func:`evaluate_image` of every image, with the colour classifier's model run over the
+    objects of all images at once when it has ``classify_batch(requests)`` (``requests``: one
+    ``(image, objects)`` pair per image; returns their colours), not image by image.
+
+    Which objects the rules ask colours of never depends on the colours answered (a colour clause
+    asks the first ``count`` objects of its class when at least ``count`` were kept, and the
+    partial credit asks all of them when exactly ``count`` were), so a first pass with a recorder
+    finds every request, one batched classification answers them (each object once; the strict
+    and the partial-credit rule used to classify it twice), and the second pass scores."""
+    n = len(detections)
+    if len(metadata) != n:
+        raise ValueError(f"{n} detection lists but {len(metadata)} metadata")
+    ims = [None] * n if images is None else images
+    if color_classifier is None or not hasattr(color_classifier, "classify_batch"):
+        return [evaluate_image(m, d, image=im, color_classifier=color_classifier, **kwargs)
+                for m, d, im in zip(metadata, detections, ims)]
+    if images is None:
+        raise ValueError("color_classifier needs the images")
+    asked = []
+    for m, d, im in zip(metadata, detections, ims):
+        rec = _RecordColors()
+        evaluate_image(m, d, image=im, color_classifier=rec, **kwargs)
+        asked.append(list(rec.asked.values()))
+    answers = color_classifier.classify_batch(list(zip(ims, asked)))
+    colors = {id(d): c for dets, cols in zip(asked, answers) for d, c in zip(dets, cols)}
+    known = _KnownColors(colors)
+    return [evaluate_image(m, d, image=im, color_classifier=known, **kwargs)
+            for m, d, im in zip(metadata, detections, ims)]
+
+
 def summarize(tags: Sequence[str], correct: Sequence[bool]) -> dict[str, float]:
     """Per-tag accuracy plus ``overall`` = mean of the tag means (GenEval's
     summary_scores.py), so tags with more prompts do not dominate."""

@@ -47,11 +47,11 @@ def masked_crop(image: np.ndarray, det: Detection, bgcolor=(153, 153, 153), crop
 
 class ClipColorClassifier:
     def __init__(self, path=None, processor_path=None, device: str = "cpu", bgcolor=(153, 153, 153),
-                 crop: bool = True, colors=COLORS, templates=TEMPLATES):
+                 crop: bool = True, colors=COLORS, templates=TEMPLATES, batch_size: int = 16):
         from .rewards.clip_rewards import load_clip
 
         self.model, self.processor = load_clip("geneval.color_classifier_kwargs", path, processor_path, device)
-        self.device, self.bgcolor, self.crop = device, tuple(bgcolor), crop
+        self.device, self.bgcolor, self.crop, self.batch_size = device, tuple(bgcolor), crop, int(batch_size)
         self.colors, self.templates = tuple(colors), tuple(templates)
         self._text: dict[str, object] = {}
 
@@ -72,27 +72,44 @@ class ClipColorClassifier:
         return self._text[obj]
 
     def classify(self, image: np.ndarray, detections) -> list[str]:
+        return self.classify_batch([(image, detections)])[0]
+
+    def classify_batch(self, requests) -> list[list[str]]:
+        """Colours of the objects of many images: ``requests`` = [(image, detections)]; the crops
+        of all images go through CLIP ``batch_size`` at a time (each crop's features do not depend
+        on the others in its batch, up to float summation order)."""
         import torch
 
-        from .rewards._models import pooled
+        from .rewards._models import batches, pooled
 
-        if not detections:
-            return []
-        crops = [masked_crop(image, d, self.bgcolor, self.crop) for d in detections]
-        pix = self.processor(images=crops, return_tensors="pt")["pixel_values"].to(self.device)
-        with torch.no_grad():
-            f = pooled(self.model.get_image_features(pixel_values=pix))
-        f = f / f.norm(dim=-1, keepdim=True)
-        out = []
-        for i, d in enumerate(detections):
-            out.append(self.colors[int((f[i] @ self.class_embeddings(d.label).T).argmax())])
+        crops = [(d, masked_crop(image, d, self.bgcolor, self.crop)) for image, dets in requests for d in dets]
+        picks = []  # argmax indices, left on the device until every batch is queued (rewards._models.to_host)
+        for s in batches(len(crops), self.batch_size):
+            pix = self.processor(images=[c for _, c in crops[s]], return_tensors="pt")["pixel_values"]
+            with torch.no_grad():
+                f = pooled(self.model.get_image_features(pixel_values=pix.to(self.device)))
+            f = f / f.norm(dim=-1, keepdim=True)
+            picks += [(fi @ self.class_embeddings(d.label).T).argmax() for fi, (d, _) in zip(f, crops[s])]
+        labels = [self.colors[int(i)] for i in (torch.stack(picks).cpu() if picks else [])]
+        out, i = [], 0
+        for _, dets in requests:
+            out.append(labels[i:i + len(dets)])
+            i += len(dets)
         return out
 
 
 class Mask2FormerDetector:
-    """mmdetection detector (2.x or 3.x API); import and checkpoint are checked at construction."""
+    """mmdetection detector (2.x or 3.x API); import and checkpoint are checked at construction.
 
-    def __init__(self, checkpoint=None, config=None, device: str = "cpu", object_names=None):
+    ``batch_size`` images go to ``inference_detector`` as one list: mmdet 2.x (GenEval's and
+    Flow-GRPO's reward server's version, which passes its whole request this way) collates them
+    into one forward pass; 3.x accepts the list too but runs it image by image. Images of one
+    file share their size, so the batch needs no padding and each image's detections equal its
+    batch-of-one detections up to float summation order."""
+
+    batch_size = 16  # class default: subclasses that skip __init__ (servers/geneval_server.py) batch too
+
+    def __init__(self, checkpoint=None, config=None, device: str = "cpu", object_names=None, batch_size: int = 16):
         from .rewards._models import require_module, require_path
 
         ckpt = require_path("geneval", checkpoint, f"the Mask2Former checkpoint ({MASK2FORMER_CONFIG[:-3]}.pth)",
@@ -106,10 +123,20 @@ class Mask2FormerDetector:
         self.names = [ln.strip() for ln in names.read_text().splitlines() if ln.strip()]
         self.model = apis.init_detector(str(config), str(ckpt), device=device)
         self._infer = apis.inference_detector
+        self.batch_size = int(batch_size)
 
     def detect(self, images: np.ndarray) -> list[list[Detection]]:
-        # mmcv reads files as BGR; GenEval passes file paths, we pass arrays in the same channel order
-        return [self.to_detections(self._infer(self.model, np.ascontiguousarray(im[..., ::-1]))) for im in images]
+        from .rewards._models import batches
+
+        out = []
+        for s in batches(len(images), self.batch_size):
+            # mmcv reads files as BGR; GenEval passes file paths, we pass arrays in the same channel order
+            results = self._infer(self.model, [np.ascontiguousarray(im[..., ::-1]) for im in images[s]])
+            if len(results) != s.stop - s.start:
+                raise RuntimeError(f"mmdet inference_detector returned {len(results)} results for "
+                                   f"{s.stop - s.start} images")
+            out += [self.to_detections(r) for r in results]
+        return out
 
     def to_detections(self, result) -> list[Detection]:
         dets = []

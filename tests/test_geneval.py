@@ -335,17 +335,19 @@ def test_mask2former_backend_with_mocked_mmdet(tmp_path, monkeypatch):
         calls["init"] = (config, checkpoint, device)
         return "model"
 
-    def inference_detector(model, img):
-        calls.setdefault("imgs", []).append(img)
+    def inference_detector(model, imgs):  # a list in, one result per image out (as mmdet 2.x and 3.x)
+        assert isinstance(imgs, list)
+        calls.setdefault("batches", []).append(len(imgs))
+        calls.setdefault("imgs", []).extend(imgs)
         if calls.get("v3"):
             inst = types.SimpleNamespace(bboxes=np.array([[1.0, 2.0, 5.0, 6.0]]), scores=np.array([0.8]),
                                          labels=np.array([16]), masks=mask[None])
-            return types.SimpleNamespace(pred_instances=_Inst(inst))
+            return [types.SimpleNamespace(pred_instances=_Inst(inst)) for _ in imgs]
         bbox = [np.zeros((0, 5))] * 80
         bbox[0] = np.array([[0.0, 1.0, 4.0, 5.0, 0.95], [2.0, 2.0, 3.0, 3.0, 0.2]])
         segm = [[] for _ in range(80)]
         segm[0] = [mask, ~mask]
-        return (bbox, segm)
+        return [(bbox, segm) for _ in imgs]
 
     mmdet = types.ModuleType("mmdet")
     mmdet.__file__ = str(tmp_path / "mmdet" / "__init__.py")
@@ -370,6 +372,20 @@ def test_mask2former_backend_with_mocked_mmdet(tmp_path, monkeypatch):
     (d3,) = det.detect(img)
     assert [(d.label, d.score, d.box) for d in d3] == [("dog", 0.8, (1.0, 2.0, 5.0, 6.0))]
     assert (d3[0].mask == mask).all()
+    # batched: batch_size images per inference_detector call, one detection list per image, in order
+    calls["batches"] = []
+    det5 = build_detector("mask2former", checkpoint=str(ckpt), config=str(cfgf), batch_size=2)
+    many = np.repeat(img, 5, axis=0)
+    many[:, 0, 0, 0] = np.arange(5)  # tell the images apart
+    calls["imgs"] = []
+    got = det5.detect(many)
+    assert calls["batches"] == [2, 2, 1] and len(got) == 5
+    assert [int(im[0, 0, 2]) for im in calls["imgs"]] == list(range(5))  # in order (BGR: red is channel 2)
+    # as a reward: Mask2Former's detections carry no colour, so a colour classifier is required up front
+    from opgrpo_stages.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"reward\.options\.geneval\.color_classifier: the mask2former detector"):
+        build_reward("geneval", detector="mask2former", detector_kwargs={"checkpoint": str(ckpt), "config": str(cfgf)})
     # without a config the official one inside the mmdet package is required
     from opgrpo_stages.errors import ModelPathError
 

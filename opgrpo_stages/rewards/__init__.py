@@ -22,6 +22,9 @@ class Reward:
     needs: ClassVar[tuple[str, ...]] = ("images", "prompts", "metadata")
     # True when the constructor takes ``device``; the score stage then defaults it to runtime.device
     uses_device: ClassVar[bool] = False
+    # True when the constructor takes ``batch_size`` (images per model forward); the score stage then
+    # defaults it to reward.batch_size
+    batched: ClassVar[bool] = False
     # options that model the training reward only (e.g. geneval's JPEG step); the held-out
     # evaluation builds the reward without them (opgrpo_stages.stages.score.build_term)
     training_only_options: ClassVar[tuple[str, ...]] = ()

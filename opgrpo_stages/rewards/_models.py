@@ -59,6 +59,16 @@ def pooled(out):
     return out if hasattr(out, "ndim") else out.pooler_output
 
 
+def to_host(parts) -> np.ndarray:
+    """float64 numpy array of the per-batch score tensors, concatenated. Batches stay on the device
+    until all are queued: one host sync per call, not per batch, so a GPU computes batch k while
+    the host prepares batch k+1 (PIL decoding, resizing, tokenising), as Flow-GRPO's reward thread
+    overlaps them; the values are those of a per-batch ``.double().cpu()``."""
+    import torch
+
+    return torch.cat([p.double() for p in parts]).cpu().numpy()
+
+
 def batches(n: int, size: int):
     for i in range(0, n, size):
         yield slice(i, min(i + size, n))

@@ -15,10 +15,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
-
 from . import Reward, register_reward
-from ._models import batches, check_images, pooled, require_path, to_pil
+from ._models import batches, check_images, pooled, require_path, to_host, to_pil
 
 AESTHETIC_HEAD = Path(__file__).resolve().parent.parent / "data" / "aesthetic" / "sac+logos+ava1-l14-linearMSE.pth"
 AESTHETIC_HEAD_SHA256 = "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"
@@ -46,6 +44,7 @@ def l2n(x):
 class PickScoreReward(Reward):
     needs = ("images", "prompts")
     uses_device = True
+    batched = True
 
     def __init__(self, path=None, processor_path=None, device: str = "cpu", batch_size: int = 16,
                  normalize: bool = False):
@@ -65,8 +64,8 @@ class PickScoreReward(Reward):
                                         return_tensors="pt").to(self.device)
                 img = l2n(pooled(self.model.get_image_features(pixel_values=img_in["pixel_values"])))
                 txt = l2n(pooled(self.model.get_text_features(**txt_in)))
-                out.append((self.model.logit_scale.exp() * (img * txt).sum(-1)).double().cpu().numpy())
-        return {"pickscore": np.concatenate(out) * self.scale}
+                out.append(self.model.logit_scale.exp() * (img * txt).sum(-1))  # on the device: see to_host
+        return {"pickscore": to_host(out) * self.scale}
 
 
 def aesthetic_head(head_path=None):
@@ -94,6 +93,7 @@ def sha256_file(path) -> str:
 class AestheticReward(Reward):
     needs = ("images",)
     uses_device = True
+    batched = True
 
     def __init__(self, path=None, processor_path=None, head_path=None, device: str = "cpu", batch_size: int = 16):
         self.model, self.processor = load_clip("aesthetic", path, processor_path, device)
@@ -115,5 +115,5 @@ class AestheticReward(Reward):
             for s in batches(len(x), self.batch_size):
                 pix = self.processor(images=to_pil(x[s]), return_tensors="pt")["pixel_values"].to(self.device)
                 emb = l2n(pooled(self.model.get_image_features(pixel_values=pix)))
-                out.append(self.head(emb)[:, 0].double().cpu().numpy())
-        return {"aesthetic": np.concatenate(out)}
+                out.append(self.head(emb)[:, 0])
+        return {"aesthetic": to_host(out)}

@@ -42,6 +42,7 @@ def expand_to_square(img, fill):
 class DeqaReward(Reward):
     needs = ("images",)
     uses_device = True
+    batched = True
 
     def __init__(self, path=None, processor_path=None, device: str = "cpu", batch_size: int = 8,
                  prompt: str = PROMPT, trust_remote_code: bool = False, dtype: str = "float32"):
@@ -87,8 +88,8 @@ class DeqaReward(Reward):
             mask = inp["attention_mask"]
             last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(1)  # last real token
             sel = logits[torch.arange(len(pil)), last][:, self.level_ids].double()
-            out.append(torch.softmax(sel, -1).cpu())
-        return torch.cat(out)
+            out.append(torch.softmax(sel, -1))  # on the device until every batch is queued (to_host)
+        return torch.cat(out).cpu()
 
     def score(self, images, prompts=None, metadata=None):
         x = check_images(images)

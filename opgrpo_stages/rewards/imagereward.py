@@ -22,7 +22,7 @@ import re
 import numpy as np
 
 from . import Reward, register_reward
-from ._models import batches, check_images, require_path
+from ._models import batches, check_images, require_path, to_host
 
 MEAN, STD = 0.16717362830052426, 1.0333394966054072
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -114,6 +114,7 @@ def preprocess(image: np.ndarray, size: int):
 class ImageRewardReward(Reward):
     needs = ("images", "prompts")
     uses_device = True
+    batched = True
 
     def __init__(self, path=None, tokenizer_path=None, device: str = "cpu", batch_size: int = 8,
                  checkpoint_name: str = "ImageReward.pt"):
@@ -149,5 +150,5 @@ class ImageRewardReward(Reward):
                               encoder_hidden_states=img,
                               encoder_attention_mask=torch.ones(img.shape[:2], dtype=torch.long, device=img.device))
                 r = self.head(h.last_hidden_state[:, 0, :])[:, 0]
-                out.append(((r - MEAN) / STD).double().cpu().numpy())
-        return {"imagereward": np.concatenate(out)}
+                out.append((r - MEAN) / STD)
+        return {"imagereward": to_host(out)}

@@ -8,6 +8,7 @@ from . import Reward, register_reward
 
 @register_reward("t2i_compbench")
 class T2ICompBenchReward(Reward):
+    batched = True  # batch_size goes to T2ICompBench's VQA / CLIP backends
     def __init__(self, categories=None, **options):
         """``options``: :class:`opgrpo_stages.t2i_compbench.T2ICompBench` (model paths, detector,
         depth, device). Raises ModelPathError when a model needed by ``categories`` (default all)

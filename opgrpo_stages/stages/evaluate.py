@@ -28,14 +28,18 @@ def load_eval_backbone(cfg: dict, policy_path=None, optimizer_path=None, embeddi
     return backbone
 
 
-def sample_eval_images(cfg: dict, backbone, prompts: list[dict], samples_per_prompt: int):
-    """(items, uint8 images): ODE samples of every (prompt, k), the noise fixed by ``eval.seed``."""
+def sample_eval_images(cfg: dict, backbone, prompts: list[dict], samples_per_prompt: int, rows: slice | None = None):
+    """(items, uint8 images): ODE samples of every (prompt, k), the noise fixed by ``eval.seed``;
+    ``rows``: only these items (each sample's noise is its own, so a block of whole ``eval.batch_size``
+    batches gives the full run's images of those items)."""
     from ..sampling import per_sample_noise, sample_ode
     from ..seeding import derive_seed
     from .common import progress
 
     ec = cfg["eval"]
     items = [(p, k) for p in prompts for k in range(samples_per_prompt)]
+    if rows is not None:
+        items = items[rows]
     seeds = [derive_seed(ec["seed"], "eval", 0, "evaluate", p["id"], k) for p, k in items]
     init, _ = per_sample_noise(backbone, seeds, 0)
     cond = backbone.encode_prompts([p for p, _ in items])
@@ -45,7 +49,31 @@ def sample_eval_images(cfg: dict, backbone, prompts: list[dict], samples_per_pro
 
 
 def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, optimizer_path=None,
-             embeddings_path=None) -> dict:
+             embeddings_path=None) -> dict | None:
+    """Data parallel under a launcher (:mod:`opgrpo_stages.distributed`): each process samples and
+    scores a block of whole sampling, decoding and reward batches; the main process gathers the
+    columns (and the grid's images) in order, writes the files a single process writes and returns
+    the summary (the others return None)."""
+    from ..distributed import data_parallel
+
+    with data_parallel(cfg) as dp:
+        return _evaluate(cfg, dp, prompts_path=prompts_path, policy_path=policy_path, out_table=out_table,
+                         out_grid=out_grid, optimizer_path=optimizer_path, embeddings_path=embeddings_path)
+
+
+def eval_block_unit(cfg: dict) -> int:
+    """Rows per unit of the data-parallel split: whole batches of the ODE sampler, the VAE decode
+    and the reward models (their least common multiple), so every image and score is the 1-process one."""
+    import math
+
+    from .score import reward_batch_size
+
+    return math.lcm(int(cfg["eval"]["batch_size"]), int(cfg["model"].get("decode_batch_size") or 8),
+                    reward_batch_size(cfg))
+
+
+def _evaluate(cfg: dict, dp, *, prompts_path, policy_path, out_table, out_grid=None, optimizer_path=None,
+              embeddings_path=None) -> dict | None:
     import numpy as np
     import pandas as pd
 
@@ -55,16 +83,28 @@ def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, 
     from ..geneval import summarize
     from .common import setup_torch
     from ..rewards.remote import identities
-    from .score import build_terms, score_images
+    from .score import block_rows, build_terms, concat_columns, gather_blocks, score_images
 
     setup_torch(cfg)
     terms = build_terms(cfg, evaluation=True)  # first: an evaluator server's health check fails before any sampling
     ec = cfg["eval"]
     prompts = prompts_fmt.read(prompts_path)
     backbone = load_eval_backbone(cfg, policy_path, optimizer_path, embeddings_path)
-    items, images = sample_eval_images(cfg, backbone, prompts, ec["samples_per_prompt"])
-    cols = score_images(cfg, images, [p["prompt"] for p, _ in items],
-                        [{k: v for k, v in p.items() if k != "id"} for p, _ in items], terms)
+    n_items = len(prompts) * ec["samples_per_prompt"]
+    n_grid = min(cfg["report"]["grid_prompts"], n_items)
+    mine = block_rows(dp, n_items, eval_block_unit(cfg))
+    block = None
+    if mine.stop > mine.start:
+        mine_items, images = sample_eval_images(cfg, backbone, prompts, ec["samples_per_prompt"], rows=mine)
+        block = {"cols": score_images(cfg, images, [p["prompt"] for p, _ in mine_items],
+                                      [{k: v for k, v in p.items() if k != "id"} for p, _ in mine_items], terms),
+                 "grid": images[: max(0, n_grid - mine.start)]}  # only the grid's images travel to the main process
+    blocks = gather_blocks(dp, block)
+    if not dp.is_main:
+        return None
+    items = [(p, k) for p in prompts for k in range(ec["samples_per_prompt"])]
+    cols = concat_columns([b["cols"] for b in blocks])
+    images = np.concatenate([b["grid"] for b in blocks])
     correct = cols.get("geneval_strict", cols["reward"] >= 1.0) > 0.5
     df = pd.DataFrame({
         "prompt_id": [p["id"] for p, _ in items],
