@@ -1,0 +1,134 @@
+"""The device-resident sampling loops (sampling.sample_sde / sample_ode) against the host loop they
+replace (c7945f6), written out here: on the CPU the outputs must be bit-identical, for the tiny
+UNet and the tiny SD3 / Wan2.1 (CFG, float32 and bf16), with kept (replayed) prefixes and
+ODE-regenerated suffixes; and CFG's [negative; conditional] is built once per batch."""
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from tiny_models import sd3_model_cfg, tiny_sd3_path, tiny_wan_path, wan_model_cfg  # noqa: F401 (fixtures)
+from opgrpo_stages.sampling import per_sample_noise, sample_ode, sample_sde
+from opgrpo_stages.sde import ode_step, sde_step
+
+N, STEPS, BATCH = 5, 3, 2  # batches of 2, 2, 1: a ragged last batch
+
+
+def host_velocity(bb, x, sigma, cond):
+    """c7945f6's velocity: the CFG pair stacked on the host and copied at every call."""
+    if not hasattr(bb, "_forward"):
+        return bb.velocity(x, sigma, cond)  # the tiny UNet: no CFG, unchanged
+    n, guided = x.shape[0], bb.guidance_scale != 1.0
+    x = x.to(bb.device, bb.dtype)
+    fields = {k: cond[k] for k in bb.embed_fields}
+    if guided:
+        x = torch.cat([x, x])
+        fields = {k: torch.cat([cond["neg_" + k], v]) for k, v in fields.items()}
+    fields = {k: v.to(bb.device, bb.dtype) for k, v in fields.items()}
+    t = torch.full((x.shape[0],), bb.model_timestep(sigma), device=bb.device)
+    with bb._autocast():
+        out = bb._forward(x, t, fields).float()
+    return out[:n] + bb.guidance_scale * (out[n:] - out[:n]) if guided else out
+
+
+@torch.no_grad()
+def host_sample_sde(bb, cond, init, noise, sigmas, kept_latents, kept_steps, ode_from, **kw):
+    """c7945f6's sample_sde: per step, velocity and SDE maths on the host."""
+    n, s = init.shape[0], len(sigmas) - 1
+    sig = [float(v) for v in sigmas]
+    latents, logp = torch.empty((n, s + 1, *init.shape[1:])), torch.empty((n, s))
+    for lo in range(0, n, BATCH):
+        idx = slice(lo, min(lo + BATCH, n))
+        c = {k: v[idx] for k, v in cond.items()}
+        keep, ode = kept_steps[idx], ode_from[idx]
+        shape = (-1, *[1] * (init.ndim - 1))  # a per-sample mask over latents
+        x = torch.where((keep > 0).view(shape), kept_latents[idx, 0], init[idx].float())
+        latents[idx, 0] = x
+        for i in range(s):
+            v = host_velocity(bb, x, sig[i], c)
+            drawn = sde_step(v, x, sig[i], sig[i + 1], sigma_max=sig[1], noise=noise[idx, i], **kw)
+            x_next, lp = drawn.prev_sample, drawn.log_prob
+            if (keep > i).any():
+                x_next = torch.where((keep > i).view(shape), kept_latents[idx, i + 1], x_next)
+                lp = sde_step(v, x, sig[i], sig[i + 1], sigma_max=sig[1], prev_sample=x_next, **kw).log_prob
+            if (ode <= i).any():
+                x_next = torch.where((ode <= i).view(shape), ode_step(v, x, sig[i], sig[i + 1]), x_next)
+                lp = torch.where(ode <= i, torch.zeros_like(lp), lp)
+            latents[idx, i + 1], logp[idx, i] = x_next, lp
+            x = x_next
+    return latents, logp
+
+
+def _backbone(kind, tmp_path, tiny_sd3_path, tiny_wan_path, dtype):
+    from opgrpo_stages import config as C
+    from opgrpo_stages import layout as L
+    from opgrpo_stages.stages.common import load_backbone
+    from opgrpo_stages.stages.prompts import make_prompts
+
+    over = {"prompts": {"train": {"n": 4}}}
+    if kind != "tiny_unet":
+        over["model"] = (sd3_model_cfg(tiny_sd3_path, dtype=dtype) if kind == "sd3"
+                         else wan_model_cfg(tiny_wan_path, dtype=dtype))
+    cfg = C.resolve_run(tiny_config(**over), "flowgrpo")
+    make_prompts(cfg, "train", tmp_path / "train.jsonl")
+    emb = None
+    if kind != "tiny_unet":
+        from opgrpo_stages.stages.embed_prompts import embed_prompts
+
+        emb = tmp_path / "train.embeddings.safetensors"
+        embed_prompts(cfg, prompts_path=tmp_path / "train.jsonl", out_embeddings=emb)
+    from opgrpo_stages.formats import prompts as prompts_fmt
+
+    prompts = prompts_fmt.read(tmp_path / "train.jsonl")
+    bb = load_backbone(cfg, None, emb)
+    rows = [prompts[i % len(prompts)] for i in range(N)]
+    return bb, bb.encode_prompts([{"id": p["id"], "prompt": p["prompt"]} for p in rows])
+
+
+@pytest.mark.parametrize("kind,dtype", [("tiny_unet", "float32"), ("sd3", "float32"), ("sd3", "bfloat16"),
+                                        ("wan", "float32")])
+def test_device_loops_are_bit_identical_to_the_host_loop(kind, dtype, tmp_path, tiny_sd3_path, tiny_wan_path):
+    bb, cond = _backbone(kind, tmp_path, tiny_sd3_path, tiny_wan_path, dtype)
+    sigmas = bb.sigmas(STEPS)
+    init, noise = per_sample_noise(bb, list(range(100, 100 + N)), STEPS)
+    g = torch.Generator().manual_seed(7)
+    kept_latents = torch.randn((N, STEPS + 1, *bb.latent_shape), generator=g)
+    # sample 1 keeps 2 steps then regenerates by the ODE, sample 4 keeps 1 then the SDE; the rest fresh
+    kept_steps = torch.tensor([0, 2, 0, 0, 1])
+    ode_from = torch.tensor([STEPS, 2, STEPS, STEPS, STEPS])
+    for kw in ({"noise_level": 0.7, "kind": "flow_grpo", "reduction": "mean"},
+               {"noise_level": 0.5, "kind": "cps", "reduction": "sum", "cps_logp": "gaussian"}):
+        ref = host_sample_sde(bb, cond, init, noise, sigmas, kept_latents, kept_steps, ode_from, **kw)
+        new = sample_sde(bb, cond, init, noise, sigmas, batch_size=BATCH, kept_latents=kept_latents,
+                         kept_steps=kept_steps, ode_from=ode_from, **kw)
+        assert torch.equal(new[0], ref[0]) and torch.equal(new[1], ref[1]), kw
+        assert new[0].device.type == "cpu" and new[1].device.type == "cpu"
+    sig = [float(v) for v in sigmas]
+    x = init.clone()
+    with torch.no_grad():
+        for i in range(STEPS):
+            x = torch.cat([ode_step(host_velocity(bb, x[lo:lo + BATCH], sig[i], {k: v[lo:lo + BATCH] for k, v in
+                                                                                 cond.items()}),
+                                    x[lo:lo + BATCH], sig[i], sig[i + 1]) for lo in range(0, N, BATCH)])
+    assert torch.equal(sample_ode(bb, cond, init, sigmas, batch_size=BATCH), x)
+
+
+def test_cfg_pairs_are_built_once_per_batch(tmp_path, tiny_sd3_path, tiny_wan_path):
+    bb, cond = _backbone("sd3", tmp_path, tiny_sd3_path, tiny_wan_path, "float32")
+    seen = []
+    forward = bb._forward
+
+    def spy(x, t, fields):
+        seen.append(fields["prompt_embeds"].data_ptr())
+        assert fields["prompt_embeds"].shape[0] == x.shape[0]  # [negative; conditional]
+        return forward(x, t, fields)
+
+    bb._forward = spy
+    sigmas = bb.sigmas(STEPS)
+    init, noise = per_sample_noise(bb, list(range(N)), STEPS)
+    sample_sde(bb, cond, init, noise, sigmas, noise_level=0.7, kind="flow_grpo", reduction="mean",
+               batch_size=BATCH)
+    batches = -(-N // BATCH)
+    assert len(seen) == batches * STEPS
+    # every step of a batch reads the same stacked tensor: it was built once, before the steps
+    assert [len(set(seen[b * STEPS:(b + 1) * STEPS])) for b in range(batches)] == [1] * batches
