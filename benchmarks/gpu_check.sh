@@ -4,7 +4,9 @@
 #      evaluation, through Snakemake with runtime.device cuda (tests/test_real_pipeline.py), plus the
 #      optimizer-state placement test: catches device bugs such as the EMA left on the CPU;
 #   2. the SD3.5-M-sized benchmark at the preset's settings (benchmarks/sd35_gpu.py): wall vs
-#      GPU-busy time, peak memory per phase, achieved TFLOP/s and MFU.
+#      GPU-busy time, peak memory per phase, achieved TFLOP/s and MFU, and the ratio the first
+#      optimizer step sees in bf16 (issue 12: exactly 1 expected; also shown against the rollout's
+#      logp_old, the batch-shape noise the update no longer sees).
 #     bash benchmarks/gpu_check.sh          # on a machine with a CUDA GPU
 #     bash benchmarks/gpu_check.sh --cpu    # the same steps on the CPU (tiny benchmark): checks this script
 set -euo pipefail

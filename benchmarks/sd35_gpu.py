@@ -14,7 +14,8 @@ presets/sd35_geneval.yaml: dtype, sampling batch, training microbatch, KL beta, 
 gradient checkpointing, decode batch), the stages' torch set-up (``stages.common.setup_torch``: no
 TF32, deterministic kernels, as production; nothing here changes precision), and the stages' device
 placement: trajectories live on the CPU as policy_update reads them, so the SDE log-prob and the
-surrogate run where ``policy_update`` runs them (``velocity`` returns float32 on the input's device).
+surrogate run where ``policy_update`` runs them: on the GPU, its ``_train_chunk`` being what is timed.
+Last, the ratio the first optimizer step sees (``first_step_ratio``, issue 12 item 4).
 
 Per phase: wall time, GPU-busy time (CUDA events around every transformer call and VAE decode,
 summed), peak GPU memory (reset at the start of the phase), achieved TFLOP/s (FLOPs counted by
@@ -186,63 +187,115 @@ def bench_rollout(bb, tcfg, args, device, busy):
     return n / dt
 
 
+def _trajectories(bb, lat, logp_old, steps, args):
+    """A Trajectories object as policy_update reads it from the file: on the CPU."""
+    from opgrpo_stages.formats.trajectories import Trajectories
+    from opgrpo_stages.sde import num_train_steps
+
+    n = lat.shape[0]
+    train = torch.zeros((n, steps), dtype=torch.bool)
+    train[:, :num_train_steps(steps, args.timestep_fraction)] = True
+    return Trajectories(lat, bb.sigmas(steps), logp_old, logp_old.clone(), train, {})
+
+
+def _chunk_kwargs(traj, args, n, adv, first_step):
+    """policy_update's per-microbatch arguments: fresh samples, the preset's train/sampling keys."""
+    from opgrpo_stages.sde import num_train_steps
+
+    tc = args.preset_cfg["train"]
+    return dict(ref_logp=traj.logp_old, ref_is_old=torch.ones_like(traj.train_steps), adv=adv, w=torch.ones(n),
+                denom=n * num_train_steps(traj.num_steps, args.timestep_fraction), first_step=first_step,
+                tc={**tc, "clip_range": args.clip_range, "kl_beta": args.kl_beta}, sc=args.preset_cfg["sampling"])
+
+
 def bench_update(bb, tcfg, args, device, busy):
-    from opgrpo_stages.grpo import clipped_surrogate, kl_to_reference
-    from opgrpo_stages.sde import num_train_steps, sde_step, transition_mean
+    """policy_update's own per-microbatch code (``_train_chunk``: device-resident, CFG pairs built
+    once per microbatch) on trajectories held on the CPU as the stage reads them."""
+    from opgrpo_stages.stages.policy_update import _train_chunk
 
     gen = torch.Generator().manual_seed(2)
     mb = args.microbatch
     n = mb * args.update_microbatches
     cond = random_cond(n, tcfg, args.text_tokens, gen)
-    sig = [float(s) for s in bb.sigmas(args.steps)]
-    steps = list(range(num_train_steps(args.steps, args.timestep_fraction)))
-    # on the CPU, as policy_update holds the trajectories it read: the SDE maths run where it runs them
     lat = torch.randn((n, args.steps + 1, *bb.latent_shape), generator=gen)
-    logp_old = torch.zeros(n, args.steps)
+    traj = _trajectories(bb, lat, torch.zeros(n, args.steps), args.steps, args)
+    steps = [j for j in range(traj.num_steps) if bool(traj.train_steps[:, j].any())]
     adv = torch.randn(n, generator=gen)
+    kw = _chunk_kwargs(traj, args, n, adv, first_step=False)
     params = list(bb.trainable_parameters().values())
     opt = torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-4)
-
-    def train_chunk(idx, only_step=None):
-        c = {k: v[idx] for k, v in cond.items()}
-        for j in ([only_step] if only_step is not None else steps):
-            x, x_next = lat[idx, j], lat[idx, j + 1]
-            v = bb.velocity(x, sig[j], c)
-            st = sde_step(v, x, sig[j], sig[j + 1], noise_level=args.noise_level, sigma_max=sig[1],
-                          prev_sample=x_next, kind=args.sde, reduction=args.reduction)
-            per_sample, _, _ = clipped_surrogate(st.log_prob, logp_old[idx, j], adv[idx], args.clip_range)
-            loss = per_sample.sum() / (n * len(steps))
-            if args.kl_beta > 0:
-                with torch.no_grad(), bb.reference():
-                    v_ref = bb.velocity(x, sig[j], c)
-                mean_ref = transition_mean(x, v_ref, sig[j], sig[j + 1], args.noise_level, sig[1], args.sde)
-                loss = loss + args.kl_beta * kl_to_reference(st.mean, mean_ref, st.std).sum() / (n * len(steps))
-            loss.backward()
 
     def run():
         opt.zero_grad(set_to_none=True)
         for lo in range(0, n, mb):
-            train_chunk(torch.arange(lo, lo + mb))
+            _train_chunk(bb, cond, traj, torch.arange(lo, lo + mb), steps, **kw)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
 
-    train_chunk(torch.arange(0, 1), only_step=0)  # warm-up
+    _train_chunk(bb, cond, traj, torch.arange(0, 1), steps[:1], **kw)  # warm-up
     opt.zero_grad(set_to_none=True)
     per = {}
 
     def count():
         opt.zero_grad(set_to_none=True)
-        per["sample_step"] = count_flops(lambda: train_chunk(torch.arange(0, 1), only_step=0))
+        per["sample_step"] = count_flops(lambda: _train_chunk(bb, cond, traj, torch.arange(0, 1), steps[:1], **kw))
         opt.zero_grad(set_to_none=True)
         return n * len(steps) * per["sample_step"]
 
     print(f"policy update: {n} samples x {len(steps)} trained steps, CFG, KL beta {args.kl_beta}, microbatch {mb}"
-          f"{', checkpointing' if args.checkpointing else ''} (policy_update's loop, SDE maths on the CPU as there)")
+          f"{', checkpointing' if args.checkpointing else ''} (policy_update's _train_chunk, trajectories on the CPU)")
     with busy.phase("policy update", count, args.peak_tflops):
         run()
     dt = busy.last["wall"]
     print(f"  {n / dt:.3f} samples/s; {len(steps) * per['sample_step'] / 1e12:.3g} TFLOP/sample")
     return n / dt
+
+
+def first_step_ratio(bb, tcfg, args):
+    """Issue 12 item 4: the ratio the first optimizer step sees. Rollout's logp_old comes from
+    ``sample_sde`` in sampling batches (x2 rows with CFG), the update's log-prob from
+    ``_train_chunk`` in training microbatches; prints max |ratio - 1| as this code computes it
+    (its reference is the forward's own log-prob: exactly 0 expected) and against the rollout's
+    logp_old (c7945f6's reference: the kernels' batch-shape noise), with the share of pairs that
+    that noise alone would push past clip_range."""
+    import opgrpo_stages.grpo as grpo
+    from opgrpo_stages.sampling import per_sample_noise, sample_sde
+    from opgrpo_stages.stages.policy_update import _train_chunk
+
+    gen = torch.Generator().manual_seed(3)
+    n = max(args.batch, args.microbatch)
+    cond = random_cond(n, tcfg, args.text_tokens, gen)
+    init, noise = per_sample_noise(bb, list(range(1000, 1000 + n)), args.steps)
+    sc = args.preset_cfg["sampling"]
+    lat, logp_old = sample_sde(bb, cond, init, noise, bb.sigmas(args.steps), noise_level=sc["noise_level"],
+                               kind=sc["sde"], reduction=sc["logp_reduction"], batch_size=args.batch,
+                               cps_logp=sc["cps_logp"])
+    traj = _trajectories(bb, lat, logp_old, args.steps, args)
+    steps = [j for j in range(traj.num_steps) if bool(traj.train_steps[:, j].any())]
+    kw = _chunk_kwargs(traj, args, n, torch.randn(n, generator=gen), first_step=True)
+    ratios, surrogate = [], grpo.clipped_surrogate
+
+    def spy(logp, ref, adv, clip_range):
+        out = surrogate(logp, ref, adv, clip_range)
+        ratios.append(out[1].detach().float().cpu())
+        return out
+
+    chunk = torch.arange(args.microbatch)  # one microbatch of the first step is enough to show it (and cheap)
+    grpo.clipped_surrogate = spy
+    try:
+        sq = _train_chunk(bb, cond, traj, chunk, steps, **kw)[2]
+    finally:
+        grpo.clipped_surrogate = surrogate
+        for p in bb.trainable_parameters().values():
+            p.grad = None
+    dev_now = float((torch.cat(ratios) - 1).abs().max())
+    # e^|log r| - 1 from the squared log-ratio to logp_old (>= |r - 1|, equal for r > 1)
+    old_dev = torch.exp(sq[traj.train_steps[chunk]].sqrt()) - 1
+    print(f"first optimizer step ({len(chunk)} samples x {len(steps)} steps; logp_old from batches of {args.batch}, "
+          f"update in a microbatch of {args.microbatch}, x2 rows with CFG): max |ratio - 1| = {dev_now:.3g} (this code), "
+          f"{float(old_dev.max()):.3g} against the rollout's logp_old (c7945f6), where "
+          f"{float((old_dev > args.clip_range).float().mean()):.1%} of the pairs exceed clip_range {args.clip_range:g}")
+    return dev_now
 
 
 def main(argv=None):
@@ -284,6 +337,7 @@ def main(argv=None):
     busy = GpuBusy(bb, device)
     bench_rollout(bb, tcfg, args, device, busy)
     bench_update(bb, tcfg, args, device, busy)
+    first_step_ratio(bb, tcfg, args)
     print(f"total {time.perf_counter() - t_start:.1f} s")
 
 

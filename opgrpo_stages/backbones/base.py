@@ -16,6 +16,7 @@ import torch
 class Backbone:
     name: str = "base"
     latent_shape: tuple[int, ...] = ()
+    device = torch.device("cpu")  # where the model runs (the real backbones set runtime.device)
     module: torch.nn.Module  # holds every parameter, trainable or not
 
     # -- sampling schedule --------------------------------------------------------------
@@ -33,7 +34,13 @@ class Backbone:
     def encode_prompts(self, prompts: list[dict]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def prepare_cond(self, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One batch's conditioning as ``velocity`` consumes it, on the model's device: the hot
+        loops call this once per batch, so no velocity call copies or rebuilds conditioning."""
+        return {k: v.to(self.device) for k, v in cond.items()}
+
     def velocity(self, x: torch.Tensor, sigma: float, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Velocity at ``sigma``, float32 on x's device; ``cond`` raw (encode_prompts) or prepared."""
         raise NotImplementedError
 
     def decode(self, latents: torch.Tensor):

@@ -58,6 +58,10 @@ def flow_shift(scheduler_config: dict, path) -> float:
     raise ModelPathError(f"{path}: no 'shift' or 'flow_shift' key (expected a flow-matching scheduler)")
 
 
+class PreparedCond(dict):
+    """Conditioning ready for the transformer (``DiffusersBackbone.prepare_cond``)."""
+
+
 class DiffusersBackbone(Backbone):
     """Base of the SD3.5 and Wan2.1 backbones (LoRA policy only)."""
 
@@ -246,18 +250,34 @@ class DiffusersBackbone(Backbone):
         enabled = self.dtype != torch.float32
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
 
+    def prepare_cond(self, cond):
+        """The transformer's conditioning for one batch, on the device in the model dtype, with
+        classifier-free guidance's ``[unconditional; conditional]`` stacked there (the negative
+        embeddings cross as one row when they are the lookup's expanded view). Idempotent."""
+        if isinstance(cond, PreparedCond):
+            return cond
+        fields = {}
+        for k in self.embed_fields:
+            v = cond[k].to(self.device, self.dtype)
+            if self.guidance_scale != 1.0:
+                neg = cond["neg_" + k]
+                if neg.shape[0] > 1 and neg.stride(0) == 0:  # one row, expanded: send the row only
+                    neg = neg[:1].to(self.device, self.dtype).expand(neg.shape)
+                v = torch.cat([neg.to(self.device, self.dtype), v])
+            fields[k] = v
+        return PreparedCond(fields)
+
     def velocity(self, x, sigma, cond):
         """Guided velocity v_u + g (v_c - v_u), float32 on x's device; one transformer call on the
-        stacked [unconditional; conditional] batch. Differentiable (the training forward)."""
+        stacked [unconditional; conditional] batch. Differentiable (the training forward).
+        ``cond``: encode_prompts rows or, in the hot loops, ``prepare_cond``'s (built once per batch)."""
+        fields = self.prepare_cond(cond)
         out_device = x.device
         n = x.shape[0]
         x = x.to(self.device, self.dtype)
         guided = self.guidance_scale != 1.0
-        fields = {k: cond[k] for k in self.embed_fields}
         if guided:
             x = torch.cat([x, x])
-            fields = {k: torch.cat([cond["neg_" + k], v]) for k, v in fields.items()}
-        fields = {k: v.to(self.device, self.dtype) for k, v in fields.items()}
         t = torch.full((x.shape[0],), self.model_timestep(sigma), device=self.device)
         with self._autocast():
             out = self._forward(x, t, fields)
