@@ -4,7 +4,8 @@
 # Every stage is a plain function (opgrpo_stages.stages.*) also runnable as `opgrpo <stage>`.
 # Stages run inside the Snakemake process (`run:`), as threads, also inside a cluster job: torch is
 # imported and the models are loaded once per process (opgrpo_stages/resident.py); rollout and
-# policy_update with `distributed.processes` > 1 run under `accelerate launch` instead.
+# policy_update with `distributed.nodes` x `distributed.processes` > 1 run on that many resident
+# ranks, this process being rank 0 (opgrpo_stages/ranks.py).
 import sys
 from types import SimpleNamespace as Namespace
 
@@ -120,6 +121,13 @@ def stage_resources(stage):
 
     return dict(runtime=lambda w: cluster.runtime_minutes(cfg_of(w.run), stage),
                 mem_mb=lambda w: cluster.mem_mb(cfg_of(w.run), stage))
+
+
+def dp_resources():
+    """Slurm nodes and GPUs of a data-parallel stage (opgrpo_stages/cluster.py gpu_resources)."""
+    from opgrpo_stages import cluster
+
+    return {k: (lambda w, k=k: cluster.gpu_resources(cfg_of(w.run))[k]) for k in ("gpu", "nodes", "gres")}
 
 
 wildcard_constraints:
@@ -266,7 +274,7 @@ rule rollout:
         L.log("{run}/iter_{iter}/rollout.benchmark.tsv")
     threads: workflow.cores
     resources:
-        gpu=lambda w: cfg_of(w.run)["distributed"]["processes"],  # one GPU per data-parallel process
+        **dp_resources(),  # one GPU per rank, distributed.nodes nodes
         **stage_resources("rollout"),
     run:
         from opgrpo_stages.smk import run_stage
@@ -354,7 +362,7 @@ rule policy_update:
         L.log("{run}/iter_{iter}/policy_update.benchmark.tsv")
     threads: workflow.cores
     resources:
-        gpu=lambda w: cfg_of(w.run)["distributed"]["processes"],  # one GPU per data-parallel process
+        **dp_resources(),  # one GPU per rank, distributed.nodes nodes
         **stage_resources("policy_update"),
     run:
         from opgrpo_stages.smk import run_stage

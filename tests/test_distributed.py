@@ -1,5 +1,6 @@
-"""Data parallel stages: ``rollout`` and ``policy_update`` under ``accelerate launch`` with 2 CPU
-processes (gloo) write the same files as one process, and the Snakefile launches them.
+"""Data parallel stages: ``rollout`` and ``policy_update`` on 2 resident CPU ranks (gloo; this test
+process is rank 0, ``opgrpo_stages/ranks.py`` starts the other) write the same files as one
+process, each rank reads only its rows, and the Snakefile runs them on one process per rank.
 
 Rollout outputs are compared byte for byte: every sample has its own generator and each
 process runs whole forward batches of the 1-process run (the tiny UNet's output for a sample
@@ -83,15 +84,29 @@ def iteration1(tmp_path_factory):
     return wd, cfg
 
 
-def _launch(stage, cfg, k, paths, log):
-    from opgrpo_stages.distributed import launch
+@pytest.fixture(scope="module", autouse=True)
+def _stop_ranks():
+    yield
+    from opgrpo_stages import ranks
 
-    launch(stage, cfg, k, paths, log)  # raises LaunchError naming the log on failure
+    ranks.shutdown()
+
+
+def _launch(stage, cfg, k, paths, log):
+    """``stage`` on the 2 resident ranks (rank 0: this process); returns {rank: pid} from its logs."""
+    import re
+
+    from opgrpo_stages import ranks
+    from opgrpo_stages.stages.policy_update import policy_update
+    from opgrpo_stages.stages.rollout import rollout
+
+    ranks.run(stage, {"rollout": rollout, "policy_update": policy_update}[stage], cfg, k, paths, log)
     text = Path(log).read_text()
-    assert "accelerate.commands.launch" in text and "--num_processes 2" in text
-    for r in (0, 1):
-        assert f"data parallel: process {r} of 2 (gloo" in text, text[-3000:]
-    return text
+    pids = {int(r): int(p) for r, p in re.findall(r"data parallel: rank (\d) of 2 pid (\d+)", text)}
+    assert sorted(pids) == [0, 1] and pids[0] == os.getpid(), text[-3000:]
+    worker = Path(f"{log}.rank1").read_text()
+    assert f"worker pid {pids[1]}" in worker and "data parallel: rank 1 of 2" in worker, worker[-3000:]
+    return pids
 
 
 def test_rollout_two_processes_byte_identical(iteration1, tmp_path):
@@ -103,9 +118,11 @@ def test_rollout_two_processes_byte_identical(iteration1, tmp_path):
     assert samples["group"].nunique() == 3
     ref = _paths(wd, "rollout", 1)
     out = _paths(wd, "rollout", 1, out_dir=tmp_path)
-    _launch("rollout", cfg, 1, out, tmp_path / "rollout.log")
+    pids = _launch("rollout", cfg, 1, out, tmp_path / "rollout.log")
     for name in ROLLOUT_FILES:
         assert _sha(out[name]) == _sha(ref[name]), name
+    # the ranks are resident: the next stage runs on the same processes
+    assert _launch("rollout", cfg, 1, out, tmp_path / "rollout2.log") == pids
 
 
 def test_policy_update_two_processes_matches_one(iteration1, tmp_path):
