@@ -119,15 +119,22 @@ def stage_resources(stage):
     (opgrpo_stages/cluster.py); a group job sums the runtimes of its stages."""
     from opgrpo_stages import cluster
 
-    return dict(runtime=lambda w: cluster.runtime_minutes(cfg_of(w.run), stage),
-                mem_mb=lambda w: cluster.mem_mb(cfg_of(w.run), stage))
+    res = dict(runtime=lambda w: cluster.runtime_minutes(cfg_of(w.run), stage),
+               mem_mb=lambda w: cluster.mem_mb(cfg_of(w.run), stage))
+    if MULTI_NODE and stage != "evaluate":  # a string resource must agree across a group job's stages
+        res["gres"] = lambda w: cluster.training_gres(cfg_of(w.run))
+    return res
+
+
+MULTI_NODE = any(int(c["distributed"].get("nodes", 1)) > 1 for c in RUN_CFG.values())
 
 
 def dp_resources():
-    """Slurm nodes and GPUs of a data-parallel stage (opgrpo_stages/cluster.py gpu_resources)."""
+    """Slurm GPUs (and nodes) of a data-parallel stage: one GPU per rank (opgrpo_stages/cluster.py)."""
     from opgrpo_stages import cluster
 
-    return {k: (lambda w, k=k: cluster.gpu_resources(cfg_of(w.run))[k]) for k in ("gpu", "nodes", "gres")}
+    keys = ("gpu", "nodes", "gres") if MULTI_NODE else ("gpu",)
+    return {k: (lambda w, k=k: cluster.gpu_resources(cfg_of(w.run), MULTI_NODE)[k]) for k in keys}
 
 
 wildcard_constraints:
@@ -274,8 +281,7 @@ rule rollout:
         L.log("{run}/iter_{iter}/rollout.benchmark.tsv")
     threads: workflow.cores
     resources:
-        **dp_resources(),  # one GPU per rank, distributed.nodes nodes
-        **stage_resources("rollout"),
+        **{**stage_resources("rollout"), **dp_resources()},  # one GPU per rank, distributed.nodes nodes
     run:
         from opgrpo_stages.smk import run_stage
         from opgrpo_stages.stages.rollout import rollout
@@ -362,8 +368,7 @@ rule policy_update:
         L.log("{run}/iter_{iter}/policy_update.benchmark.tsv")
     threads: workflow.cores
     resources:
-        **dp_resources(),  # one GPU per rank, distributed.nodes nodes
-        **stage_resources("policy_update"),
+        **{**stage_resources("policy_update"), **dp_resources()},  # one GPU per rank, distributed.nodes nodes
     run:
         from opgrpo_stages.smk import run_stage
         from opgrpo_stages.stages.policy_update import policy_update

@@ -108,13 +108,18 @@ def mem_mb(cfg: dict, stage: str) -> int:
     return int(float(cfg["cluster"]["host_mem_gb"]) * 1024 + 2 * held / 2**20)
 
 
-def gpu_resources(cfg: dict) -> dict:
-    """Slurm resources of a data-parallel stage (rollout, policy_update): on one node ``gpu`` =
-    ``distributed.processes`` (as before); across nodes ``nodes`` = N with ``gres: gpu:M`` (M GPUs
-    on every node; ``--gpus`` would be a total that Slurm may place unevenly) and ``gpu`` 0. A
-    group job takes the largest of its stages' values."""
+def gpu_resources(cfg: dict, multi_node: bool) -> dict:
+    """Slurm resources of a data-parallel stage (rollout, policy_update). ``multi_node`` (some run
+    of the config spans nodes): ``nodes`` = N and ``gres: gpu:M`` (M GPUs on every node; ``--gpus``
+    would be a total that Slurm may place unevenly) with ``gpu`` 0, and every stage of a training
+    job carries the same ``gres`` (Snakemake requires a string resource to agree within a group
+    job; :func:`training_gres`). Otherwise ``gpu`` = ``distributed.processes`` on one node."""
     d = cfg["distributed"]
     n, m = int(d.get("nodes", 1)), int(d["processes"])
-    if n == 1:
-        return {"gpu": m, "nodes": 1, "gres": ""}
-    return {"gpu": 0, "nodes": n, "gres": f"gpu:{m}"}
+    if not multi_node:
+        return {"gpu": m}
+    return {"gpu": 0, "nodes": n, "gres": training_gres(cfg)}
+
+
+def training_gres(cfg: dict) -> str:
+    return f"gpu:{int(cfg['distributed']['processes'])}"

@@ -83,6 +83,12 @@ def _stage_function(stage: str):
     return getattr(importlib.import_module(module), name)
 
 
+def _where() -> str:
+    """This rank's host, and its Slurm node when that differs (several slurmd on one host)."""
+    host, node = socket.gethostname(), os.environ.get("SLURMD_NODENAME")
+    return f"{host} (node {node})" if node and node != host else host
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
@@ -120,7 +126,7 @@ class Pool:
         self.lock = threading.Lock()
         self.procs: list[subprocess.Popen] = []
         self.group = None
-        self.ranks: list[tuple] = []  # (rank, pid, host) of every rank
+        self.ranks: list[tuple] = []  # (rank, pid, where) of every rank
         self.mode = ""
 
     # -- start and stop ------------------------------------------------------------------------
@@ -163,7 +169,7 @@ class Pool:
         os.environ.setdefault("LOCAL_RANK", "0")
         self.group = _init_group(0, self.world, self.device, init)
         got = [None] * self.world
-        dist.all_gather_object(got, (0, os.getpid(), socket.gethostname()), group=self.group)
+        dist.all_gather_object(got, (0, os.getpid(), _where()), group=self.group)
         self.ranks = got
         self.dp = DataParallel(0, self.world, self.group)
 
@@ -283,7 +289,7 @@ def serve(device: str, from_slurm: bool = False) -> int:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     _SERVING = True
     group = _init_group(rank, world, device, "env://")
-    dist.all_gather_object([None] * world, (rank, os.getpid(), socket.gethostname()), group=group)
+    dist.all_gather_object([None] * world, (rank, os.getpid(), _where()), group=group)
     dp = DataParallel(rank, world, group)
     while True:
         box = [None]
@@ -330,7 +336,7 @@ def _stop_waiting_ranks() -> None:
 
     world = int(os.environ["WORLD_SIZE"])
     group = _init_group(0, world, os.environ.get("OPGRPO_RANKS_DEVICE", "cpu"), "env://")
-    dist.all_gather_object([None] * world, (0, os.getpid(), socket.gethostname()), group=group)
+    dist.all_gather_object([None] * world, (0, os.getpid(), _where()), group=group)
     dist.broadcast_object_list([("stop",)], src=0, group=group)
     dist.destroy_process_group()
 

@@ -181,9 +181,11 @@ def _smk(wd, *args):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-def test_snakefile_launches_accelerate_with_processes(tmp_path):
-    """The rules run the stages under accelerate with 2 processes; iteration 0's files equal an
-    in-process run of the same stages."""
+def test_snakefile_runs_stages_on_resident_ranks(tmp_path):
+    """The rules run rollout and policy_update on 2 ranks, one process per rank for the whole
+    Snakemake run; iteration 0's files equal an in-process run of the same stages."""
+    import re
+
     import torch
     from safetensors.torch import load_file
 
@@ -191,10 +193,14 @@ def test_snakefile_launches_accelerate_with_processes(tmp_path):
     target = "runs/flowgrpo/iter_00000/policy.safetensors"
     res = _smk(tmp_path, target, "--cores", "2", "--force-use-threads")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    pids = {}
     for stage in ("rollout", "policy_update"):
-        text = (tmp_path / f"logs/flowgrpo/iter_00000/{stage}.log").read_text()
-        assert text.startswith("$ ") and "accelerate.commands.launch" in text and "--num_processes 2" in text
-        assert "data parallel: process 1 of 2 (gloo" in text, text[-3000:]
+        log = tmp_path / f"logs/flowgrpo/iter_00000/{stage}.log"
+        for r in (0, 1):
+            text = Path(f"{log}.rank1").read_text() if r else log.read_text()
+            pids.setdefault(r, set()).update(re.findall(r"worker pid (\d+)", text))
+        assert "data parallel: rank 1 of 2 pid" in log.read_text()
+    assert all(len(p) == 1 for p in pids.values()) and pids[0] != pids[1], pids
     ref = tmp_path / "ref"
     ref.mkdir()
     from opgrpo_stages.stages.policy_update import policy_update
@@ -213,14 +219,17 @@ def test_snakefile_launches_accelerate_with_processes(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
                     reason="the slurm extra is not installed")
-def test_slurm_profile_requests_one_gpu_per_process(tmp_path):
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_slurm_profile_requests_one_gpu_per_process(tmp_path, nodes):
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
-    (tmp_path / "more.yaml").write_text(yaml.safe_dump({"distributed": {"processes": 2}, "sampling": {"batch_size": 64}}))
+    (tmp_path / "more.yaml").write_text(yaml.safe_dump({"distributed": {"processes": 2, "nodes": nodes},
+                                                        "sampling": {"batch_size": 32}}))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--profile",
            str(REPO / "profiles/slurm"), "-n", "--configfile", str(tmp_path / "config.yaml"), str(tmp_path / "more.yaml")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
-    for rule, gpus in (("rollout", 2), ("policy_update", 2), ("evaluate", 1)):
+    per_rank = ("gpu=2",) if nodes == 1 else ("gpu=0", "nodes=2", "gres=gpu:2")  # gres: per node
+    for rule, want in (("rollout", per_rank), ("policy_update", per_rank), ("evaluate", ("gpu=1",))):
         block = out.split(f"rule {rule}:")[1].split("\n\n")[0]
-        assert f"gpu={gpus}" in block, block
+        assert all(w in block for w in want), block
