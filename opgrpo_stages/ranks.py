@@ -199,11 +199,12 @@ class Pool:
 
 _POOL: Pool | None = None
 _POOL_LOCK = threading.Lock()
+_STARTED = False  # a pool was started in this process (the launcher's ranks joined it once)
 
 
 def pool_for(cfg: dict) -> Pool:
     """This process's pool for the run's ``distributed`` settings, started on first use."""
-    global _POOL, _SERVING
+    global _POOL, _SERVING, _STARTED
     d = cfg["distributed"]
     key = (world_size(cfg), str(cfg["runtime"]["device"]) if str(cfg["runtime"]["device"]) == "cpu" else "cuda",
            int(d.get("nodes", 1)), int(d["processes"]))
@@ -217,7 +218,7 @@ def pool_for(cfg: dict) -> Pool:
             _POOL = None
         if _POOL is None:
             pool = Pool(*key)
-            _SERVING = True
+            _SERVING = _STARTED = True
             try:
                 pool.start()
             except BaseException:
@@ -251,7 +252,7 @@ def run(stage: str, fn, cfg: dict, iteration: int, paths: dict, log_path) -> Non
     pool = pool_for(cfg)
     with pool.lock:
         try:
-            pool.broadcast(("stage", stage, cfg, iteration, paths, str(log_path)))
+            pool.broadcast(("stage", stage, cfg, iteration, paths, str(log_path), os.getcwd()))
             with rule_log(log_path) as logger:
                 for r, pid, host in pool.ranks:
                     logger.info("data parallel: rank %d of %d pid %d on %s", r, pool.world, pid, host)
@@ -297,7 +298,8 @@ def serve(device: str, from_slurm: bool = False) -> int:
         command = box[0]
         if command[0] == "stop":
             break
-        _, stage, cfg, iteration, paths, log_path = command
+        _, stage, cfg, iteration, paths, log_path, cwd = command
+        os.chdir(cwd)  # paths are relative to Snakemake's working directory
         try:
             with rule_log(f"{log_path}.rank{rank}") as logger:
                 logger.info("data parallel: rank %d of %d, %s of run %s iteration %d", rank, world, stage,
@@ -325,7 +327,7 @@ def _launch_snakemake(args: list[str]) -> int:
     except SystemExit as exc:
         rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
-        if _POOL is None:  # no data-parallel stage ran: the others still wait to join
+        if not _STARTED:  # no data-parallel stage ran: the others still wait to join
             _stop_waiting_ranks()
         shutdown()
     return rc
