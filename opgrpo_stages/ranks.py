@@ -217,6 +217,9 @@ def pool_for(cfg: dict) -> Pool:
                 _POOL.close()
             _POOL = None
         if _POOL is None:
+            if _STARTED and os.environ.get(RANK0_ENV) == "1":
+                raise RankError("the ranks the launcher started are gone (an earlier data-parallel stage failed); "
+                                "rerun the same command to continue")
             pool = Pool(*key)
             _SERVING = _STARTED = True
             try:
