@@ -135,6 +135,16 @@ def test_policy_update_two_processes_matches_one(iteration1, tmp_path):
     ref = _paths(wd, "policy_update", 1)
     out = _paths(wd, "policy_update", 1, out_dir=tmp_path)
     _launch("policy_update", cfg, 1, out, tmp_path / "update.log")
+    # each rank read only its own samples' rows: together every trained sample, once
+    import re
+
+    reads = [re.search(r"rank (\d) of 2 reads the latents and embeddings of (\d+) of (\d+) samples", Path(f).read_text())
+             for f in (tmp_path / "update.log", f"{tmp_path / 'update.log'}.rank1")]
+    assert all(reads), reads
+    n = int(reads[0].group(3))
+    trained = int(pd.read_parquet(ref["out_metrics"])["samples_trained"].iloc[0])
+    mine = [int(m.group(2)) for m in reads]
+    assert sum(mine) == trained and max(mine) < n, (mine, trained, n)
     before = load_file(ref["policy_path"])
     for name in ("out_policy", "out_optimizer"):
         a, b = load_file(ref[name]), load_file(out[name])
@@ -233,3 +243,31 @@ def test_slurm_profile_requests_one_gpu_per_process(tmp_path, nodes):
     for rule, want in (("rollout", per_rank), ("policy_update", per_rank), ("evaluate", ("gpu=1",))):
         block = out.split(f"rule {rule}:")[1].split("\n\n")[0]
         assert all(w in block for w in want), block
+
+
+def test_trajectories_read_rows_reads_only_those_rows(tmp_path):
+    """A rank's read: the latents of its rows (any order, repeats) and nothing else of that tensor;
+    the other tensors whole; a row past the file's end is an error naming the file."""
+    import torch
+
+    from opgrpo_stages.errors import ArtifactError
+    from opgrpo_stages.formats import trajectories as T
+
+    n, s = 7, 3
+    g = torch.Generator().manual_seed(0)
+    traj = T.Trajectories(torch.randn(n, s + 1, 2, 4, 4, generator=g), torch.linspace(1, 0, s + 1),
+                          torch.randn(n, s, generator=g), torch.randn(n, s, generator=g),
+                          torch.rand(n, s, generator=g) > 0.3, {"run": "r", "iteration": 0})
+    path = tmp_path / "trajectories.safetensors"
+    T.write(path, traj)
+    part = T.read(path, rows=[5, 1, 2, 1])
+    assert part.latent_rows.tolist() == [1, 2, 5]
+    assert torch.equal(part.latents, traj.latents[[1, 2, 5]])
+    for name in ("sigmas", "logp_old", "logp_behavior", "train_steps"):
+        assert torch.equal(getattr(part, name), getattr(traj, name)), name
+    assert part.num_samples == n and part.num_steps == s
+    none = T.read(path, rows=())
+    assert none.latents.shape == (0, s + 1, 2, 4, 4) and none.num_samples == n
+    assert T.read(path).latent_rows is None and torch.equal(T.read(path).latents, traj.latents)
+    with pytest.raises(ArtifactError, match=r"trajectories.safetensors: .*latents' has 7 rows, row 7 asked"):
+        T.read(path, rows=[7])

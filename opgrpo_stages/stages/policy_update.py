@@ -110,6 +110,8 @@ def _policy_update(cfg, iteration, dp, *, policy_path, optimizer_path, trajector
                  for chunks in (torch.split(mb, tc["microbatch"]) for mb in minibatches)]
     my_rows = sorted({int(r) for chunks in my_chunks for c in chunks for r in c})
     traj = trajectories.read(trajectories_path, expect=header.of(cfg, iteration), rows=my_rows)
+    log.info("policy_update: rank %d of %d reads the latents and embeddings of %d of %d samples", dp.rank, dp.world,
+             len(my_rows), n)
     local = torch.full((n,), -1, dtype=torch.long)  # sample row -> row of this rank's latents / cond
     local[my_rows] = torch.arange(len(my_rows))
     w, ref_logp, kept, n_capped = _weights_and_refs(cfg, traj, samples)
