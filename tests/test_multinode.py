@@ -103,6 +103,8 @@ def _rank_pids(wd):
                 out[int(r)].add((int(pid), where.strip()))
             rank1 = (wd / f"logs/{RUN}/iter_{k:05d}/{stage}.log.rank1").read_text()
             assert re.search(r"worker pid (\d+)", rank1).group(1) in {str(p) for p, _ in out[1]}
+    # resident: rank 1 built the backbone once for all the job's stages and iterations
+    assert re.search(r"backbone_loads=(\d+)", rank1).group(1) == "1", rank1
     return out
 
 
