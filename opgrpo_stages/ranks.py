@@ -73,7 +73,9 @@ def current():
 
 
 def serving() -> bool:
-    return _SERVING
+    """This process is (or, started by a launcher as rank 0, will be) a rank of a pool: a stage not
+    dispatched to the ranks runs alone here, whatever ``WORLD_SIZE`` says."""
+    return _SERVING or os.environ.get(RANK0_ENV) == "1"
 
 
 def _stage_function(stage: str):
