@@ -271,3 +271,26 @@ def test_trajectories_read_rows_reads_only_those_rows(tmp_path):
     assert T.read(path).latent_rows is None and torch.equal(T.read(path).latents, traj.latents)
     with pytest.raises(ArtifactError, match=r"trajectories.safetensors: .*latents' has 7 rows, row 7 asked"):
         T.read(path, rows=[7])
+
+
+def test_a_dead_rank_fails_the_stage_and_the_next_stage_starts_fresh_ranks(iteration1, tmp_path):
+    """Rank 1 killed between stages (a node lost): the next data-parallel stage fails with an error
+    naming its logs, writes nothing, and does not hang; the stage after that gets new ranks."""
+    import signal
+    import time
+
+    from opgrpo_stages import ranks
+    from opgrpo_stages.stages.rollout import rollout
+
+    wd, cfg = iteration1
+    out = _paths(wd, "rollout", 1, out_dir=tmp_path)
+    (_r, dead, _where) = ranks.pool_for(cfg).ranks[1]
+    os.kill(dead, signal.SIGKILL)
+    time.sleep(1)
+    with pytest.raises(ranks.RankError, match=r"rollout of run flowgrpo iteration 1 on 2 ranks failed: .*rollout\.log"):
+        ranks.run("rollout", rollout, cfg, 1, out, tmp_path / "rollout.log")
+    assert not any(Path(out[n]).exists() for n in ROLLOUT_FILES)
+    pids = _launch("rollout", cfg, 1, out, tmp_path / "again.log")
+    assert pids[1] != dead
+    ref = _paths(wd, "rollout", 1)
+    assert all(_sha(out[n]) == _sha(ref[n]) for n in ROLLOUT_FILES)
