@@ -117,7 +117,7 @@ def _policy_update(cfg, iteration, dp, *, policy_path, optimizer_path, trajector
     w, ref_logp, kept, n_capped = _weights_and_refs(cfg, traj, samples)
     replay = torch.tensor((samples["source"] == "replay").to_numpy())
     cond = backbone.encode_prompts([{"id": samples["prompt_id"].iloc[i], "prompt": samples["prompt"].iloc[i]}
-                                    for i in my_rows])
+                                    for i in my_rows]) if my_rows else {}  # nothing to train on this rank
     sig = [float(v) for v in traj.sigmas]
     steps = [j for j in range(traj.num_steps) if bool(traj.train_steps[:, j].any())]
     # (sample, step) pairs the loss covers: the trajectory's own train steps of the trained samples
