@@ -42,7 +42,9 @@ from .errors import ConfigError, OpgrpoError
 
 log = logging.getLogger("opgrpo")
 
-# stages that run on every rank; the others run on rank 0 alone (as with one process)
+# stages that run on every rank (their rules call smk.run_stage, their functions take (cfg, iteration,
+# **paths) and ask distributed.data_parallel for their share); the others run on rank 0 alone, as
+# with one process. A stage that shards (score, evaluate) joins by being listed here.
 STAGES = {
     "rollout": "opgrpo_stages.stages.rollout:rollout",
     "policy_update": "opgrpo_stages.stages.policy_update:policy_update",
