@@ -4,7 +4,8 @@
 # Every stage is a plain function (opgrpo_stages.stages.*) also runnable as `opgrpo <stage>`.
 # Stages run inside the Snakemake process (`run:`), as threads, also inside a cluster job: torch is
 # imported and the models are loaded once per process (opgrpo_stages/resident.py); rollout and
-# policy_update with `distributed.processes` > 1 run under `accelerate launch` instead.
+# policy_update with `distributed.nodes` x `distributed.processes` > 1 run on that many resident
+# ranks, this process being rank 0 (opgrpo_stages/ranks.py).
 import sys
 from types import SimpleNamespace as Namespace
 
@@ -118,8 +119,22 @@ def stage_resources(stage):
     (opgrpo_stages/cluster.py); a group job sums the runtimes of its stages."""
     from opgrpo_stages import cluster
 
-    return dict(runtime=lambda w: cluster.runtime_minutes(cfg_of(w.run), stage),
-                mem_mb=lambda w: cluster.mem_mb(cfg_of(w.run), stage))
+    res = dict(runtime=lambda w: cluster.runtime_minutes(cfg_of(w.run), stage),
+               mem_mb=lambda w: cluster.mem_mb(cfg_of(w.run), stage))
+    if MULTI_NODE and stage != "evaluate":  # a string resource must agree across a group job's stages
+        res["gres"] = lambda w: cluster.training_gres(cfg_of(w.run))
+    return res
+
+
+MULTI_NODE = any(int(c["distributed"].get("nodes", 1)) > 1 for c in RUN_CFG.values())
+
+
+def dp_resources():
+    """Slurm GPUs (and nodes) of a data-parallel stage: one GPU per rank (opgrpo_stages/cluster.py)."""
+    from opgrpo_stages import cluster
+
+    keys = ("gpu", "nodes", "gres") if MULTI_NODE else ("gpu",)
+    return {k: (lambda w, k=k: cluster.gpu_resources(cfg_of(w.run), MULTI_NODE)[k]) for k in keys}
 
 
 wildcard_constraints:
@@ -266,8 +281,7 @@ rule rollout:
         L.log("{run}/iter_{iter}/rollout.benchmark.tsv")
     threads: workflow.cores
     resources:
-        gpu=lambda w: cfg_of(w.run)["distributed"]["processes"],  # one GPU per data-parallel process
-        **stage_resources("rollout"),
+        **{**stage_resources("rollout"), **dp_resources()},  # one GPU per rank, distributed.nodes nodes
     run:
         from opgrpo_stages.smk import run_stage
         from opgrpo_stages.stages.rollout import rollout
@@ -297,12 +311,11 @@ rule score:
     benchmark:
         L.log("{run}/iter_{iter}/score.benchmark.tsv")
     run:
-        from opgrpo_stages.smk import rule_log
+        from opgrpo_stages.smk import run_stage
         from opgrpo_stages.stages.score import score
 
-        with rule_log(log[0]):
-            score(RUN_CFG[wildcards.run], K(wildcards), images_path=input.images, samples_path=input.samples,
-                  out_rewards=output.rewards)
+        run_stage("score", score, RUN_CFG[wildcards.run], K(wildcards), dict(
+            images_path=input.images, samples_path=input.samples, out_rewards=output.rewards), log[0])
 
 
 rule buffer_update:
@@ -354,8 +367,7 @@ rule policy_update:
         L.log("{run}/iter_{iter}/policy_update.benchmark.tsv")
     threads: workflow.cores
     resources:
-        gpu=lambda w: cfg_of(w.run)["distributed"]["processes"],  # one GPU per data-parallel process
-        **stage_resources("policy_update"),
+        **{**stage_resources("policy_update"), **dp_resources()},  # one GPU per rank, distributed.nodes nodes
     run:
         from opgrpo_stages.smk import run_stage
         from opgrpo_stages.stages.policy_update import policy_update
@@ -381,18 +393,17 @@ rule evaluate:
     group:
         eval_job  # not in the training job: training of the next iterations does not wait for it
     resources:
-        **stage_resources("evaluate"),
+        **{**stage_resources("evaluate"), **dp_resources()},  # on every rank, as training
     log:
         L.log("{run}/eval_{iter}.log"),
     threads: workflow.cores
     run:
-        from opgrpo_stages.smk import rule_log
-        from opgrpo_stages.stages.evaluate import evaluate
+        from opgrpo_stages.smk import run_stage
+        from opgrpo_stages.stages.evaluate import evaluate_stage
 
-        with rule_log(log[0]):
-            evaluate(RUN_CFG[wildcards.run], prompts_path=input.prompts, policy_path=input.policy,
-                     optimizer_path=input.optimizer, out_table=output.table, out_grid=output.grid,
-                     embeddings_path=first_or_none(input.embeddings))
+        run_stage("evaluate", evaluate_stage, RUN_CFG[wildcards.run], K(wildcards), dict(
+            prompts_path=input.prompts, policy_path=input.policy, optimizer_path=input.optimizer,
+            out_table=output.table, out_grid=output.grid, embeddings_path=first_or_none(input.embeddings)), log[0])
 
 
 rule evaluate_base:
@@ -414,7 +425,7 @@ rule evaluate_base:
         from opgrpo_stages.smk import rule_log
         from opgrpo_stages.stages.evaluate import evaluate
 
-        with rule_log(log[0]):
+        with rule_log(log[0]):  # once per experiment, on one GPU (its rule asks for one)
             evaluate(RUN_CFG[FIRST], prompts_path=input.prompts, policy_path=None, out_table=output.table,
                      out_grid=output.grid, embeddings_path=first_or_none(input.embeddings))
 

@@ -52,7 +52,8 @@ def heldout_images(cfg: dict) -> int:
 def expected_seconds(cfg: dict, stage: str) -> float:
     """Expected wall time of one stage of one iteration on the job's GPUs."""
     cc = cfg["cluster"]
-    gpus = max(1, int(cfg["distributed"]["processes"])) if stage in ("rollout", "policy_update") else 1
+    d = cfg["distributed"]
+    gpus = max(1, int(d.get("nodes", 1)) * int(d["processes"])) if stage in ("rollout", "score", "policy_update", "evaluate") else 1  # on every rank
     rate = float(cc["tflops"]) * gpus  # TFLOP/s
     fwd, dec = float(cc["tflop_per_forward"]), float(cc["tflop_per_decode"])
     n = _samples(cfg)
@@ -105,3 +106,20 @@ def mem_mb(cfg: dict, stage: str) -> int:
     images = n * frames * int(m.get("height", 0) or 0) * int(m.get("width", 0) or 0) * 3
     held = traj + images if stage in ("rollout", "score", "buffer_update", "policy_update") else 0
     return int(float(cfg["cluster"]["host_mem_gb"]) * 1024 + 2 * held / 2**20)
+
+
+def gpu_resources(cfg: dict, multi_node: bool) -> dict:
+    """Slurm resources of a data-parallel stage (rollout, policy_update). ``multi_node`` (some run
+    of the config spans nodes): ``nodes`` = N and ``gres: gpu:M`` (M GPUs on every node; ``--gpus``
+    would be a total that Slurm may place unevenly) with ``gpu`` 0, and every stage of a training
+    job carries the same ``gres`` (Snakemake requires a string resource to agree within a group
+    job; :func:`training_gres`). Otherwise ``gpu`` = ``distributed.processes`` on one node."""
+    d = cfg["distributed"]
+    n, m = int(d.get("nodes", 1)), int(d["processes"])
+    if not multi_node:
+        return {"gpu": m}
+    return {"gpu": 0, "nodes": n, "gres": training_gres(cfg)}
+
+
+def training_gres(cfg: dict) -> str:
+    return f"gpu:{int(cfg['distributed']['processes'])}"

@@ -129,12 +129,14 @@ def check_semantics(cfg: dict, source: str) -> None:
         )
     if cfg["train"]["microbatch"] > cfg["train"]["prompts_per_iteration"] * cfg["train"]["group_size"]:
         cfg["train"]["microbatch"] = cfg["train"]["prompts_per_iteration"] * cfg["train"]["group_size"]
-    procs = cfg["distributed"]["processes"]
+    nodes = cfg["distributed"].get("nodes", 1)
+    procs = nodes * cfg["distributed"]["processes"]
     n = cfg["train"]["prompts_per_iteration"] * cfg["train"]["group_size"]
     batches = -(-n // cfg["sampling"]["batch_size"])
     if procs > batches:  # rollout shares out whole forward batches: every process needs one
+        key = "'distributed.processes'" if nodes == 1 else "'distributed.nodes' x 'distributed.processes'"
         raise ConfigError(
-            f"{source}: key 'distributed.processes' = {procs} exceeds the {batches} rollout forward batches "
+            f"{source}: key {key} = {procs} exceeds the {batches} rollout forward batches "
             f"(train.prompts_per_iteration x train.group_size = {n} samples in sampling.batch_size = "
             f"{cfg['sampling']['batch_size']}); lower sampling.batch_size or the processes"
         )

@@ -1,24 +1,25 @@
-"""Data parallel inside one stage (``rollout``, ``policy_update``) under ``accelerate launch``.
+"""Data parallel inside one stage (``rollout``, ``policy_update``): shares and collectives.
 
-With ``distributed.processes = N > 1`` the Snakefile runs the stage's CLI under
-``accelerate launch --multi_gpu --num_processes N`` (:func:`launch`); every process then calls
-the same stage function, which asks :func:`data_parallel` for its share of the work:
+With ``distributed.nodes`` x ``distributed.processes`` = W > 1 the Snakefile runs these stages on
+the resident ranks of ``opgrpo_stages/ranks.py`` (started once per Snakemake process); every rank
+calls the same stage function, which asks :func:`data_parallel` for its share of the work:
 
-- ``rollout``: each process samples a contiguous block of the 1-process run's forward batches
+- ``rollout``: each rank samples a contiguous block of the 1-process run's forward batches
   (``sampling.batch_size``; a model's output can change slightly with its batch, so whole
-  batches keep every sample bit-identical); the main process gathers latents, log-probs and
-  images in order and writes the single output files. Every sample's noise comes from its own
-  (seed, run, iteration, stage, group, sample) generator.
-- ``policy_update``: each process takes a contiguous share of every minibatch; its losses keep
-  the 1-process normalisation (divided by the whole minibatch's sample-step count), so summing
-  the gradients over processes (:meth:`DataParallel.all_reduce_grads`) gives the 1-process
-  gradient up to float summation order. Clipping and AdamW then run identically in every
-  process; the main process writes.
+  batches keep every sample bit-identical); rank 0 gathers latents, log-probs and images in
+  order (tensor collectives, :meth:`DataParallel.gather_cat`) and writes the single output
+  files. Every sample's noise comes from its own (seed, run, iteration, stage, group, sample)
+  generator.
+- ``policy_update``: each rank takes a contiguous share of every minibatch's microbatches and
+  reads only those samples' trajectory rows and prompt embeddings; its losses keep the
+  1-process normalisation (divided by the whole minibatch's sample-step count), so summing the
+  gradients over ranks (:meth:`DataParallel.all_reduce_grads`) gives the 1-process gradient up
+  to float summation order. Clipping and AdamW then run identically on every rank; rank 0
+  writes.
 
-The process group is set up by accelerate's ``PartialState``: gloo when ``runtime.device`` is
-``cpu`` (accelerate's own ``--cpu`` flag only starts several processes through MPI, so the
-launcher is always its torchrun one and the backend is chosen here), NCCL with one GPU per
-process otherwise. A stage called outside a launch gets :data:`SINGLE` (no torch.distributed).
+A stage called outside a pool gets :data:`SINGLE` (no torch.distributed), unless its process
+was started by a launcher for that one stage (``accelerate launch -m opgrpo_stages.cli rollout
+...`` by hand: ``WORLD_SIZE`` > 1), where accelerate's ``PartialState`` joins the group.
 """
 
 from __future__ import annotations
@@ -26,25 +27,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shlex
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 
-from .errors import OpgrpoError
-
-LAUNCHABLE = ("rollout", "policy_update")
-
-
-class LaunchError(OpgrpoError):
-    pass
-
-
 def processes(cfg: dict) -> int:
-    return int(cfg["distributed"]["processes"])
+    """Ranks of a data-parallel stage: ``distributed.nodes`` x ``distributed.processes``."""
+    return int(cfg["distributed"].get("nodes", 1)) * int(cfg["distributed"]["processes"])
 
 
 class DataParallel:
@@ -67,26 +55,36 @@ class DataParallel:
 
     def gather_cat(self, *parts):
         """Concatenate each argument (torch tensor or numpy array, batch-first) over processes in
-        rank order. Returns the full arrays on the main process, ``None`` for each elsewhere."""
+        rank order. Returns the full arrays on the main process, ``None`` for each elsewhere.
+        Tensors travel by tensor collectives (``gather`` of row blocks padded to the largest),
+        only their shapes and dtypes as objects; numpy arrays of objects (strings) as objects."""
         if self.world == 1:
             return parts
+        return tuple(self._gather_one(p) for p in parts)
+
+    def _gather_one(self, part):
+        import torch
         import torch.distributed as dist
 
-        host = [p.detach().cpu() if hasattr(p, "detach") else p for p in parts]
-        got = [None] * self.world if self.is_main else None
-        dist.gather_object(host, got, dst=0, group=self._objects)
+        is_numpy = not hasattr(part, "detach")
+        if is_numpy and part.dtype == object:  # strings: small, pickled
+            got = [None] * self.world if self.is_main else None
+            dist.gather_object(part, got, dst=0, group=self._objects)
+            return np.concatenate(got) if self.is_main else None
+        t = torch.from_numpy(np.ascontiguousarray(part)) if is_numpy else part.detach().cpu().contiguous()
+        shapes = [None] * self.world
+        dist.all_gather_object(shapes, (tuple(t.shape), str(t.dtype)), group=self._objects)
+        rows = max(s[0] for s, _ in shapes)
+        if rows > t.shape[0] or t.shape[0] == 0:
+            pad = torch.zeros((rows, *t.shape[1:]), dtype=t.dtype)
+            pad[: t.shape[0]] = t
+            t = pad
+        blocks = [torch.empty_like(t) for _ in range(self.world)] if self.is_main else None
+        dist.gather(t, blocks, dst=0, group=self._objects)
         if not self.is_main:
-            return tuple(None for _ in parts)
-        out = []
-        for i, p in enumerate(host):
-            pieces = [g[i] for g in got]
-            if hasattr(p, "detach"):
-                import torch
-
-                out.append(torch.cat(pieces))
-            else:
-                out.append(np.concatenate(pieces))
-        return tuple(out)
+            return None
+        out = torch.cat([b[: s[0]] for b, (s, _) in zip(blocks, shapes)])
+        return out.numpy() if is_numpy else out
 
     def all_reduce_grads(self, params) -> None:
         """Sum the gradients over processes (in place). A parameter without a gradient in some
@@ -138,12 +136,28 @@ SINGLE = DataParallel()
 
 @contextlib.contextmanager
 def data_parallel(cfg: dict):
-    """The stage's :class:`DataParallel`: :data:`SINGLE` unless this process was started by a
-    launcher (``WORLD_SIZE`` > 1). Joins the process group on entry, leaves it on exit (a gloo
-    group left open aborts the interpreter at exit)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    """The stage's :class:`DataParallel`: the rank's own when the stage runs on the resident
+    ranks (``opgrpo_stages/ranks.py``), :data:`SINGLE` for any other stage in such a process or
+    outside any launcher. Ends with a barrier: rank 0 has written every output before the
+    stage returns anywhere."""
+    from . import ranks
+
+    dp = ranks.current()
+    if dp is not None:
+        yield dp
+        dp.barrier()
+        return
+    if ranks.serving() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         yield SINGLE
         return
+    with _launched(cfg) as dp:
+        yield dp
+
+
+@contextlib.contextmanager
+def _launched(cfg: dict):
+    """A stage CLI started under ``accelerate launch`` / torchrun by hand: join the process
+    group on entry, leave it on exit (a gloo group left open aborts the interpreter at exit)."""
     import torch.distributed as dist
     from accelerate import PartialState
 
@@ -163,58 +177,3 @@ def data_parallel(cfg: dict):
         dp.barrier()  # the main process has written every output before any process exits 0
     finally:
         state.destroy_process_group()
-
-
-# -- launching (called from the Snakefile) ----------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_config(cfg: dict) -> dict:
-    """A config file whose only run resolves to exactly ``cfg`` (what the in-process rule sees)."""
-    out = {k: v for k, v in cfg.items() if k != "run"}
-    out["runs"] = {cfg["run"]: {}}
-    return out
-
-
-def launch_command(stage: str, config_path, run: str, iteration: int, paths: dict, n: int) -> list[str]:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",  # override any
-           "--main_process_port", str(_free_port()),  # user accelerate config; mixed precision is the backbone's
-           "-m", "opgrpo_stages.cli", stage, "--config", str(config_path), "--run", run, "--iteration", str(iteration)]
-    for name, value in paths.items():
-        if value is None:  # not used by this run (e.g. no prompt-embeddings file): the CLI default applies
-            continue
-        values = list(value) if isinstance(value, (list, tuple)) else [value]
-        cmd += ["--" + name.replace("_", "-"), *(str(v) for v in values)]
-    return cmd
-
-
-def launch(stage: str, cfg: dict, iteration: int, paths: dict, log_path) -> None:
-    """Run ``stage`` with ``distributed.processes`` processes as a subprocess, its output (every
-    process's) in ``log_path``; the resolved run config goes to ``<log>.config.yaml`` next to it.
-    Raises :class:`LaunchError` naming the log when any process fails."""
-    import yaml
-
-    from .formats.atomic import write_text
-
-    if stage not in LAUNCHABLE:
-        raise ValueError(f"stage {stage!r} does not run data parallel (only {LAUNCHABLE})")
-    log_path = Path(log_path)
-    config_path = log_path.with_name(log_path.name + ".config.yaml")
-    write_text(config_path, yaml.safe_dump(run_config(cfg), sort_keys=False))
-    n = processes(cfg)
-    cmd = launch_command(stage, config_path, cfg["run"], iteration, paths, n)
-    package_root = str(Path(__file__).resolve().parents[1])  # the processes import this very package
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        log.write(f"$ {shlex.join(cmd)}\n")
-        log.flush()
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL).returncode
-    if rc != 0:
-        raise LaunchError(f"{stage} of run {cfg['run']} iteration {iteration} with {n} processes failed "
-                          f"(accelerate launch exit status {rc}); see {log_path}")

@@ -64,13 +64,13 @@ def rule_log(path):
 
 
 def run_stage(stage: str, fn, cfg: dict, iteration: int, paths: dict, log_path) -> None:
-    """A data-parallel-capable stage for its rule: ``fn(cfg, iteration, **paths)`` in this process,
-    or, with ``distributed.processes`` > 1, the stage CLI under ``accelerate launch`` as a
-    subprocess (its output in the rule's log)."""
-    from .distributed import launch, processes
+    """A stage for its rule: ``fn(cfg, iteration, **paths)`` in this process; with
+    ``distributed.nodes`` x ``distributed.processes`` > 1 and a data-parallel stage, on every
+    rank of this process's resident ranks (``opgrpo_stages/ranks.py``), this process being rank 0."""
+    from . import ranks
 
-    if processes(cfg) > 1:
-        launch(stage, cfg, iteration, paths, log_path)
+    if stage in ranks.STAGES and ranks.world_size(cfg) > 1:
+        ranks.run(stage, fn, cfg, iteration, paths, log_path)
         return
     with rule_log(log_path):
         fn(cfg, iteration, **paths)

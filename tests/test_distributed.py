@@ -1,5 +1,6 @@
-"""Data parallel stages: ``rollout`` and ``policy_update`` under ``accelerate launch`` with 2 CPU
-processes (gloo) write the same files as one process, and the Snakefile launches them.
+"""Data parallel stages: ``rollout`` and ``policy_update`` on 2 resident CPU ranks (gloo; this test
+process is rank 0, ``opgrpo_stages/ranks.py`` starts the other) write the same files as one
+process, each rank reads only its rows, and the Snakefile runs them on one process per rank.
 
 Rollout outputs are compared byte for byte: every sample has its own generator and each
 process runs whole forward batches of the 1-process run (the tiny UNet's output for a sample
@@ -83,15 +84,29 @@ def iteration1(tmp_path_factory):
     return wd, cfg
 
 
-def _launch(stage, cfg, k, paths, log):
-    from opgrpo_stages.distributed import launch
+@pytest.fixture(scope="module", autouse=True)
+def _stop_ranks():
+    yield
+    from opgrpo_stages import ranks
 
-    launch(stage, cfg, k, paths, log)  # raises LaunchError naming the log on failure
+    ranks.shutdown()
+
+
+def _launch(stage, cfg, k, paths, log):
+    """``stage`` on the 2 resident ranks (rank 0: this process); returns {rank: pid} from its logs."""
+    import re
+
+    from opgrpo_stages import ranks
+    from opgrpo_stages.stages.policy_update import policy_update
+    from opgrpo_stages.stages.rollout import rollout
+
+    ranks.run(stage, {"rollout": rollout, "policy_update": policy_update}[stage], cfg, k, paths, log)
     text = Path(log).read_text()
-    assert "accelerate.commands.launch" in text and "--num_processes 2" in text
-    for r in (0, 1):
-        assert f"data parallel: process {r} of 2 (gloo" in text, text[-3000:]
-    return text
+    pids = {int(r): int(p) for r, p in re.findall(r"data parallel: rank (\d) of 2 pid (\d+)", text)}
+    assert sorted(pids) == [0, 1] and pids[0] == os.getpid(), text[-3000:]
+    worker = Path(f"{log}.rank1").read_text()
+    assert f"worker pid {pids[1]}" in worker and "data parallel: rank 1 of 2" in worker, worker[-3000:]
+    return pids
 
 
 def test_rollout_two_processes_byte_identical(iteration1, tmp_path):
@@ -103,9 +118,11 @@ def test_rollout_two_processes_byte_identical(iteration1, tmp_path):
     assert samples["group"].nunique() == 3
     ref = _paths(wd, "rollout", 1)
     out = _paths(wd, "rollout", 1, out_dir=tmp_path)
-    _launch("rollout", cfg, 1, out, tmp_path / "rollout.log")
+    pids = _launch("rollout", cfg, 1, out, tmp_path / "rollout.log")
     for name in ROLLOUT_FILES:
         assert _sha(out[name]) == _sha(ref[name]), name
+    # the ranks are resident: the next stage runs on the same processes
+    assert _launch("rollout", cfg, 1, out, tmp_path / "rollout2.log") == pids
 
 
 def test_policy_update_two_processes_matches_one(iteration1, tmp_path):
@@ -118,6 +135,16 @@ def test_policy_update_two_processes_matches_one(iteration1, tmp_path):
     ref = _paths(wd, "policy_update", 1)
     out = _paths(wd, "policy_update", 1, out_dir=tmp_path)
     _launch("policy_update", cfg, 1, out, tmp_path / "update.log")
+    # each rank read only its own samples' rows: together every trained sample, once
+    import re
+
+    reads = [re.search(r"rank (\d) of 2 reads the latents and embeddings of (\d+) of (\d+) samples", Path(f).read_text())
+             for f in (tmp_path / "update.log", f"{tmp_path / 'update.log'}.rank1")]
+    assert all(reads), reads
+    n = int(reads[0].group(3))
+    trained = int(pd.read_parquet(ref["out_metrics"])["samples_trained"].iloc[0])
+    mine = [int(m.group(2)) for m in reads]
+    assert sum(mine) == trained and max(mine) < n, (mine, trained, n)
     before = load_file(ref["policy_path"])
     for name in ("out_policy", "out_optimizer"):
         a, b = load_file(ref[name]), load_file(out[name])
@@ -164,9 +191,11 @@ def _smk(wd, *args):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-def test_snakefile_launches_accelerate_with_processes(tmp_path):
-    """The rules run the stages under accelerate with 2 processes; iteration 0's files equal an
-    in-process run of the same stages."""
+def test_snakefile_runs_stages_on_resident_ranks(tmp_path):
+    """The rules run rollout and policy_update on 2 ranks, one process per rank for the whole
+    Snakemake run; iteration 0's files equal an in-process run of the same stages."""
+    import re
+
     import torch
     from safetensors.torch import load_file
 
@@ -174,10 +203,14 @@ def test_snakefile_launches_accelerate_with_processes(tmp_path):
     target = "runs/flowgrpo/iter_00000/policy.safetensors"
     res = _smk(tmp_path, target, "--cores", "2", "--force-use-threads")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    pids = {}
     for stage in ("rollout", "policy_update"):
-        text = (tmp_path / f"logs/flowgrpo/iter_00000/{stage}.log").read_text()
-        assert text.startswith("$ ") and "accelerate.commands.launch" in text and "--num_processes 2" in text
-        assert "data parallel: process 1 of 2 (gloo" in text, text[-3000:]
+        log = tmp_path / f"logs/flowgrpo/iter_00000/{stage}.log"
+        for r in (0, 1):
+            text = Path(f"{log}.rank1").read_text() if r else log.read_text()
+            pids.setdefault(r, set()).update(re.findall(r"worker pid (\d+)", text))
+        assert "data parallel: rank 1 of 2 pid" in log.read_text()
+    assert all(len(p) == 1 for p in pids.values()) and pids[0] != pids[1], pids
     ref = tmp_path / "ref"
     ref.mkdir()
     from opgrpo_stages.stages.policy_update import policy_update
@@ -196,14 +229,68 @@ def test_snakefile_launches_accelerate_with_processes(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
                     reason="the slurm extra is not installed")
-def test_slurm_profile_requests_one_gpu_per_process(tmp_path):
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_slurm_profile_requests_one_gpu_per_process(tmp_path, nodes):
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
-    (tmp_path / "more.yaml").write_text(yaml.safe_dump({"distributed": {"processes": 2}, "sampling": {"batch_size": 64}}))
+    (tmp_path / "more.yaml").write_text(yaml.safe_dump({"distributed": {"processes": 2, "nodes": nodes},
+                                                        "sampling": {"batch_size": 32}}))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--profile",
            str(REPO / "profiles/slurm"), "-n", "--configfile", str(tmp_path / "config.yaml"), str(tmp_path / "more.yaml")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
-    for rule, gpus in (("rollout", 2), ("policy_update", 2), ("evaluate", 1)):
+    per_rank = ("gpu=2",) if nodes == 1 else ("gpu=0", "nodes=2", "gres=gpu:2")  # gres: per node
+    for rule, want in (("rollout", per_rank), ("policy_update", per_rank), ("evaluate", ("gpu=1",))):
         block = out.split(f"rule {rule}:")[1].split("\n\n")[0]
-        assert f"gpu={gpus}" in block, block
+        assert all(w in block for w in want), block
+
+
+def test_trajectories_read_rows_reads_only_those_rows(tmp_path):
+    """A rank's read: the latents of its rows (any order, repeats) and nothing else of that tensor;
+    the other tensors whole; a row past the file's end is an error naming the file."""
+    import torch
+
+    from opgrpo_stages.errors import ArtifactError
+    from opgrpo_stages.formats import trajectories as T
+
+    n, s = 7, 3
+    g = torch.Generator().manual_seed(0)
+    traj = T.Trajectories(torch.randn(n, s + 1, 2, 4, 4, generator=g), torch.linspace(1, 0, s + 1),
+                          torch.randn(n, s, generator=g), torch.randn(n, s, generator=g),
+                          torch.rand(n, s, generator=g) > 0.3, {"run": "r", "iteration": 0})
+    path = tmp_path / "trajectories.safetensors"
+    T.write(path, traj)
+    part = T.read(path, rows=[5, 1, 2, 1])
+    assert part.latent_rows.tolist() == [1, 2, 5]
+    assert torch.equal(part.latents, traj.latents[[1, 2, 5]])
+    for name in ("sigmas", "logp_old", "logp_behavior", "train_steps"):
+        assert torch.equal(getattr(part, name), getattr(traj, name)), name
+    assert part.num_samples == n and part.num_steps == s
+    none = T.read(path, rows=())
+    assert none.latents.shape == (0, s + 1, 2, 4, 4) and none.num_samples == n
+    assert T.read(path).latent_rows is None and torch.equal(T.read(path).latents, traj.latents)
+    with pytest.raises(ArtifactError, match=r"trajectories.safetensors: .*latents' has 7 rows, row 7 asked"):
+        T.read(path, rows=[7])
+
+
+def test_a_dead_rank_fails_the_stage_and_the_next_stage_starts_fresh_ranks(iteration1, tmp_path):
+    """Rank 1 killed between stages (a node lost): the next data-parallel stage fails with an error
+    naming its logs, writes nothing, and does not hang; the stage after that gets new ranks."""
+    import signal
+    import time
+
+    from opgrpo_stages import ranks
+    from opgrpo_stages.stages.rollout import rollout
+
+    wd, cfg = iteration1
+    out = _paths(wd, "rollout", 1, out_dir=tmp_path)
+    (_r, dead, _where) = ranks.pool_for(cfg).ranks[1]
+    os.kill(dead, signal.SIGKILL)
+    time.sleep(1)
+    with pytest.raises(ranks.RankError, match=r"rollout of run flowgrpo iteration 1 on 2 ranks failed: .*rollout\.log"):
+        ranks.run("rollout", rollout, cfg, 1, out, tmp_path / "rollout.log")
+    assert not any(Path(out[n]).exists() for n in ROLLOUT_FILES)
+    pids = _launch("rollout", cfg, 1, out, tmp_path / "again.log")
+    assert pids[1] != dead
+    ref = _paths(wd, "rollout", 1)
+    assert all(_sha(out[n]) == _sha(ref[n]) for n in ROLLOUT_FILES)

@@ -1,5 +1,5 @@
-"""``score`` and ``evaluate`` data parallel: under ``accelerate launch`` with 2 CPU processes (gloo)
-each process scores (and, in ``evaluate``, samples) its block of whole batches and the main
+"""``score`` and ``evaluate`` data parallel: on 2 resident CPU ranks (gloo; this process is rank 0,
+``opgrpo_stages/ranks.py`` starts the other, as a cluster job does) each process scores (and, in ``evaluate``, samples) its block of whole batches and the main
 process writes files byte-identical to the 1-process run's. The reward includes a model (tiny
 PickScore): its batches line up with the 1-process run's (``reward.batch_size`` units), so even
 its float scores are bit-identical. The split is uneven on purpose and the grid spans both blocks.
@@ -62,16 +62,24 @@ def setup(tmp_path_factory):
     return wd, cfg, cfg_eval, sc, ev, summary
 
 
-def _launch(stage, cfg, paths, log, monkeypatch):
-    from opgrpo_stages import distributed
+@pytest.fixture(scope="module", autouse=True)
+def _stop_ranks():
+    yield
+    from opgrpo_stages import ranks
 
-    # the Snakefile's launching of these stages is issue 12 item 1's (another branch); the stage
-    # functions are what is tested here
-    monkeypatch.setattr(distributed, "LAUNCHABLE", tuple({*distributed.LAUNCHABLE, stage}))
-    distributed.launch(stage, cfg, 0, paths, log)
-    text = Path(log).read_text()
+    ranks.shutdown()
+
+
+def _launch(stage, cfg, paths, log, monkeypatch):
+    """``stage`` on 2 ranks through what its rule calls (smk.run_stage)."""
+    from opgrpo_stages.smk import run_stage
+    from opgrpo_stages.stages.evaluate import evaluate_stage
+    from opgrpo_stages.stages.score import score
+
+    run_stage(stage, {"score": score, "evaluate": evaluate_stage}[stage], cfg, 0, paths, log)
+    text = Path(log).read_text() + Path(f"{log}.rank1").read_text()
     for r in (0, 1):
-        assert f"data parallel: process {r} of 2 (gloo" in text, text[-3000:]
+        assert f"data parallel: rank {r} of 2" in text, text[-3000:]
 
 
 def test_score_two_processes_byte_identical(setup, tmp_path, monkeypatch):

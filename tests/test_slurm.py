@@ -1,6 +1,6 @@
 """profiles/slurm: its dry run packs cluster.iterations_per_job iterations into one group job and puts
-each held-out evaluation in a job of its own; and (marked `slurm`) against a live single-node SLURM
-(tests/slurm/local_slurm.sh): a tiny three-iteration experiment, two iterations per job, submitted with
+each held-out evaluation in a job of its own; and (marked `slurm`) against a live local SLURM (two nodes on this host,
+tests/slurm/local_slurm.sh): a tiny three-iteration experiment, two iterations per job, submitted with
 `snakemake --profile` runs every stage of a job in one process (the resident worker: one pid in all
 its stage logs, one backbone load), asks SLURM for the walltime derived from the config, trains the
 next job while the previous job's evaluation is still held in the queue, writes artifacts

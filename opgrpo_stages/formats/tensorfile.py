@@ -102,9 +102,44 @@ def read_header(path, kind: str, expect: dict | None = None) -> dict:
     return meta
 
 
-def read(path, kind: str, schema: dict[str, TensorSpec], expect: dict | None = None):
+# safetensors' dtype names (PySafeSlice.get_dtype) -> torch's
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+           "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+@dataclass(frozen=True)
+class _Declared:
+    """A tensor's dtype and full shape as the file declares them (validated without loading it)."""
+    dtype: object
+    shape: tuple
+
+
+def _rows_of(path, fh, name: str, rows):
+    """Rows ``rows`` (sorted, unique ints) of tensor ``name``, reading only those: one slice per
+    run of consecutive rows. Returns (tensor, declared full tensor)."""
+    import torch
+
+    sl = fh.get_slice(name)
+    declared = _Declared(getattr(torch, _DTYPES.get(sl.get_dtype(), "float32")), tuple(sl.get_shape()))
+    runs, start = [], None
+    for i, r in enumerate(rows):
+        if start is None:
+            start = r
+        if i + 1 == len(rows) or rows[i + 1] != r + 1:
+            runs.append((start, r + 1))
+            start = None
+    if not runs:
+        return torch.empty((0, *declared.shape[1:]), dtype=declared.dtype), declared
+    if runs[-1][1] > declared.shape[0]:
+        raise ArtifactError(path, f"tensor '{name}' has {declared.shape[0]} rows, row {runs[-1][1] - 1} asked")
+    return torch.cat([sl[a:b] for a, b in runs]), declared
+
+
+def read(path, kind: str, schema: dict[str, TensorSpec], expect: dict | None = None, rows: dict | None = None):
     """Read and validate; returns (tensors, header metadata, bound dims). ``expect``: header
-    values the caller requires (``header.of(cfg, k)``), checked before any tensor is loaded."""
+    values the caller requires (``header.of(cfg, k)``), checked before any tensor is loaded.
+    ``rows``: {tensor name: sorted unique row indices}: those tensors hold only these rows (read
+    by slicing, nothing else of them is loaded); their full shapes are validated all the same."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -120,12 +155,18 @@ def read(path, kind: str, schema: dict[str, TensorSpec], expect: dict | None = N
             if meta.get("format") != kind:  # before provenance: a foreign file gets the plainer message
                 raise ArtifactError(path, f"is not a '{kind}' file (header format={meta.get('format')!r})")
             header.check(path, meta, expect)
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            rows = rows or {}
+            tensors, declared = {}, {}
+            for k in fh.keys():
+                if k in rows:
+                    tensors[k], declared[k] = _rows_of(path, fh, k, sorted({int(r) for r in rows[k]}))
+                else:
+                    tensors[k] = declared[k] = fh.get_tensor(k)
     except ArtifactError:
         raise
     except Exception as exc:  # safetensors raises several exception types on corrupt headers
         raise ArtifactError(path, f"not a readable safetensors file (truncated or corrupt?): {exc}; "
                                   f"delete it and rerun to regenerate it") from None
-    bound = validate(path, kind, schema, tensors, meta)
+    bound = validate(path, kind, schema, declared, meta)
     meta.pop("format", None)
     return tensors, meta, bound

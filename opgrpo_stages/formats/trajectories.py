@@ -37,10 +37,11 @@ class Trajectories:
     logp_behavior: "object"
     train_steps: "object"
     meta: dict
+    latent_rows: "object" = None  # read_rows: the sample rows ``latents`` holds, in order (None: all)
 
     @property
     def num_samples(self) -> int:
-        return int(self.latents.shape[0])
+        return int(self.logp_old.shape[0])
 
     @property
     def num_steps(self) -> int:
@@ -72,8 +73,13 @@ def write(path, traj: Trajectories) -> None:
     tensorfile.write(path, KIND, SCHEMA, tensors, traj.meta)
 
 
-def read(path, expect: dict | None = None) -> Trajectories:
-    """``expect``: required header values (``header.of(cfg, k)``), see formats/header.py."""
-    tensors, meta, bound = tensorfile.read(path, KIND, SCHEMA, expect)
+def read(path, expect: dict | None = None, rows=None) -> Trajectories:
+    """``expect``: required header values (``header.of(cfg, k)``), see formats/header.py.
+    ``rows``: read the latents of these samples only (a data-parallel rank's; safetensors
+    slicing; ``latent_rows`` lists them), the small per-step tensors whole."""
+    import torch
+
+    keep = None if rows is None else sorted({int(r) for r in rows})
+    tensors, meta, bound = tensorfile.read(path, KIND, SCHEMA, expect, rows=None if keep is None else {"latents": keep})
     _check(path, tensors, bound)
-    return Trajectories(meta=meta, **tensors)
+    return Trajectories(meta=meta, **tensors, latent_rows=None if keep is None else torch.tensor(keep, dtype=torch.long))

@@ -61,6 +61,12 @@ def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, 
                          out_grid=out_grid, optimizer_path=optimizer_path, embeddings_path=embeddings_path)
 
 
+def evaluate_stage(cfg: dict, iteration: int, **paths) -> dict | None:
+    """:func:`evaluate` with a stage's signature (``fn(cfg, iteration, **paths)``, what
+    ``smk.run_stage`` and the resident ranks call); the held-out evaluation has no iteration input."""
+    return evaluate(cfg, **paths)
+
+
 def eval_block_unit(cfg: dict) -> int:
     """Rows per unit of the data-parallel split: whole batches of the ODE sampler, the VAE decode
     and the reward models (their least common multiple), so every image and score is the 1-process one."""

@@ -60,7 +60,7 @@ def _weights_and_refs(cfg, traj, samples):
     return w, ref, kept, n_capped, ref_is_old
 
 
-def _train_chunk(backbone, cond, traj, chunk, steps, *, ref_logp, ref_is_old, adv, w, denom, first_step, tc, sc):
+def _train_chunk(backbone, cond, traj, chunk, steps, *, local=None, ref_logp, ref_is_old, adv, w, denom, first_step, tc, sc):
     """Forward and backward of one microbatch over its trained steps; gradients accumulate.
 
     Device-resident: the chunk's latents, conditioning (CFG pairs built once), references,
@@ -69,6 +69,9 @@ def _train_chunk(backbone, cond, traj, chunk, steps, *, ref_logp, ref_is_old, ad
     iteration, where the policy still is the rollout's; there the ratio's reference is this very
     forward's log-prob (detached) wherever it is ``logp_old``, so the ratio is exactly 1 whatever
     the kernels do with batch shapes (docs/opgrpo.md "Consistent log-probs").
+    ``local`` maps a sample's row to its row in this rank's latents and conditioning (a rank reads
+    only its samples'; the per-step tensors, references, advantages and weights are whole); None:
+    latents and conditioning are whole too.
     Returns ([(sampler step, loss, kl sum)] as host floats, clipped (b, S), squared log-ratio to
     logp_old (b, S)) for the chunk's rows."""
     import torch
@@ -80,8 +83,9 @@ def _train_chunk(backbone, cond, traj, chunk, steps, *, ref_logp, ref_is_old, ad
     sig = [float(v) for v in traj.sigmas]
     b, s = len(chunk), traj.num_steps
     trains = traj.train_steps[chunk]  # host: which steps train, decided without waiting on the device
-    lat = traj.latents[chunk].to(dev)
-    c_all = backbone.prepare_cond({k: v[chunk] for k, v in cond.items()})
+    mine = chunk if local is None else local[chunk]  # the chunk's rows in the latents and conditioning
+    lat = traj.latents[mine].to(dev)
+    c_all = backbone.prepare_cond({k: v[mine] for k, v in cond.items()})
     ref, old = ref_logp[chunk].to(dev), traj.logp_old[chunk].to(dev)
     own = ref_is_old[chunk].to(dev) if first_step else None
     a, ww = adv[chunk].to(dev), w[chunk].to(dev)
@@ -94,7 +98,7 @@ def _train_chunk(backbone, cond, traj, chunk, steps, *, ref_logp, ref_is_old, ad
             continue
         pos_h = torch.nonzero(sel).flatten()
         pos = pos_h.to(dev)
-        c = c_all if bool(sel.all()) else backbone.prepare_cond({k: v[chunk[pos_h]] for k, v in cond.items()})
+        c = c_all if bool(sel.all()) else backbone.prepare_cond({k: v[mine[pos_h]] for k, v in cond.items()})
         x, x_next = lat[pos, j], lat[pos, j + 1]
         v = backbone.velocity(x, sig[j], c)
         st = sde_step(v, x, sig[j], sig[j + 1], noise_level=sc["noise_level"], sigma_max=sig[1],
@@ -148,11 +152,11 @@ def _policy_update(cfg, iteration, dp, *, policy_path, optimizer_path, trajector
 
     torch = setup_torch(cfg)
     tc, sc = cfg["train"], cfg["sampling"]
-    traj = trajectories.read(trajectories_path, expect=header.of(cfg, iteration))
     samples = tables.read(samples_path, "samples", expect=header.of(cfg, iteration))
     rewards = tables.read(rewards_path, "rewards", expect=header.of(cfg, iteration))
     tables.check_aligned(samples_path, samples, rewards_path, rewards)
-    trajectories.check_matches_samples(trajectories_path, traj, samples_path, samples)
+    trajectories.check_matches_samples(trajectories_path, trajectories.read(trajectories_path, expect=header.of(
+        cfg, iteration), rows=()), samples_path, samples)
 
     backbone = load_backbone(cfg, policy_path, embeddings_path, expect=header.of(cfg, iteration - 1))
     params = backbone.trainable_parameters()
@@ -164,17 +168,28 @@ def _policy_update(cfg, iteration, dp, *, policy_path, optimizer_path, trajector
 
     adv = torch.as_tensor(group_advantages(rewards["reward"].to_numpy(), samples["group"].to_numpy(),
                                            std_mode=tc["std_mode"], clip=tc["adv_clip_max"]), dtype=torch.float32)
-    w, ref_logp, kept, n_capped, ref_is_old = _weights_and_refs(cfg, traj, samples)
-    replay = torch.tensor((samples["source"] == "replay").to_numpy())
-    cond = backbone.encode_prompts([{"id": i, "prompt": p} for i, p in zip(samples["prompt_id"], samples["prompt"])])
-    steps = [j for j in range(traj.num_steps) if bool(traj.train_steps[:, j].any())]
-    n = traj.num_samples
+    n = len(samples)
     trained = np.arange(n)
     if tc["drop_zero_advantage"]:
         trained = nonzero_advantage_samples(adv.numpy(), tc["minibatches"],
                                             numpy_rng(cfg["seed"], cfg["run"], iteration, "policy_update", "zero_advantage"))
     perm = trained[numpy_rng(cfg["seed"], cfg["run"], iteration, "policy_update").permutation(len(trained))]
     minibatches = [torch.as_tensor(mb) for mb in np.array_split(perm, min(tc["minibatches"], len(perm)))] if len(perm) else []
+    # data parallel: this rank's microbatches of every minibatch; it reads only their samples'
+    # latents and prompt embeddings (the whole file's per-step tensors are small)
+    my_chunks = [[c for c in chunks[dp.shard(len(chunks))]]
+                 for chunks in (torch.split(mb, tc["microbatch"]) for mb in minibatches)]
+    my_rows = sorted({int(r) for chunks in my_chunks for c in chunks for r in c})
+    traj = trajectories.read(trajectories_path, expect=header.of(cfg, iteration), rows=my_rows)
+    log.info("policy_update: rank %d of %d reads the latents and embeddings of %d of %d samples", dp.rank, dp.world,
+             len(my_rows), n)
+    local = torch.full((n,), -1, dtype=torch.long)  # sample row -> row of this rank's latents / cond
+    local[my_rows] = torch.arange(len(my_rows))
+    w, ref_logp, kept, n_capped, ref_is_old = _weights_and_refs(cfg, traj, samples)
+    replay = torch.tensor((samples["source"] == "replay").to_numpy())
+    cond = backbone.encode_prompts([{"id": samples["prompt_id"].iloc[i], "prompt": samples["prompt"].iloc[i]}
+                                    for i in my_rows]) if my_rows else {}  # nothing to train on this rank
+    steps = [j for j in range(traj.num_steps) if bool(traj.train_steps[:, j].any())]
     # (sample, step) pairs the loss covers: the trajectory's own train steps of the trained samples
     pair_mask = traj.train_steps.clone()
     pair_mask[torch.as_tensor(np.setdiff1d(np.arange(n), trained), dtype=torch.long)] = False
@@ -192,11 +207,10 @@ def _policy_update(cfg, iteration, dp, *, policy_path, optimizer_path, trajector
     for mb_i, mb in enumerate(progress(minibatches, "update")):
         opt.zero_grad(set_to_none=True)
         denom = len(mb) * len(steps)  # the whole minibatch's count, in every process
-        chunks = torch.split(mb, tc["microbatch"])
-        for chunk in chunks[dp.shard(len(chunks))]:  # data parallel: this process's microbatches
+        for chunk in my_chunks[mb_i]:  # data parallel: this rank's microbatches
             per_step, chunk_clipped, chunk_sq = _train_chunk(
-                backbone, cond, traj, chunk, steps, ref_logp=ref_logp, ref_is_old=ref_is_old, adv=adv, w=w,
-                denom=denom, first_step=mb_i == 0, tc=tc, sc=sc)
+                backbone, cond, traj, chunk, steps, local=local, ref_logp=ref_logp, ref_is_old=ref_is_old, adv=adv,
+                w=w, denom=denom, first_step=mb_i == 0, tc=tc, sc=sc)
             for j, loss, kl in per_step:
                 if not math.isfinite(loss):
                     raise NumericalError(

@@ -117,7 +117,9 @@ def _score(cfg: dict, iteration: int, dp, *, images_path, samples_path, out_rewa
 
     from ..formats import images as images_fmt
     from ..formats import header, tables
+    from .common import setup_torch
 
+    setup_torch(cfg)  # the config's thread count: a reward model's float scores depend on it
     samples = tables.read(samples_path, "samples", expect=header.of(cfg, iteration))
     images = images_fmt.read(images_path, expect=header.of(cfg, iteration))
     if len(images) != len(samples):

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# A throw-away single-node SLURM cluster on this machine, for testing profiles/slurm for real.
+# A throw-away two-node SLURM cluster on this machine, for testing profiles/slurm for real.
 #   tests/slurm/local_slurm.sh install   install the Debian packages when missing (needs root)
-#   tests/slurm/local_slurm.sh start     start munged + slurmctld + slurmd; waits until the node is idle
+#   tests/slurm/local_slurm.sh start     start munged + slurmctld + two slurmd; waits until the nodes are idle
 #   tests/slurm/local_slurm.sh stop      stop the daemons started by `start` and remove their config
 #   tests/slurm/local_slurm.sh status    exit 0 when the cluster answers and the node is usable
-# One node (`hostname -s`, its CPUs and memory), one default partition named "gpu" (the partition
-# profiles/slurm asks for), two fake GPUs (gres with File=/dev/null and /dev/zero: a file-less GPU
-# gres is dropped and drains the node), no accounting (sacct does not work: use slurm-status-command squeue),
+# Two nodes n1 and n2, both this host (NodeHostname=`hostname -s`, NodeAddr=127.0.0.1, one slurmd
+# each on its own Port, `slurmd -N <node>`; the node names do not resolve: jobs spanning both find
+# each other through NodeAddr), each with this machine's CPUs and memory, one default partition
+# named "gpu" (the partition profiles/slurm asks for), two fake GPUs per node (gres with
+# File=/dev/null and /dev/zero: a file-less GPU gres is dropped and drains the node), no accounting (sacct does not work: use slurm-status-command squeue),
 # no cgroups (proctrack/linuxproc, task/none). munged runs with its own key and socket.
 # The jobstep plugin strips SLURM_CONF inside jobs, so the config is written to /etc/slurm/slurm.conf;
 # `start` refuses to overwrite a slurm.conf it did not write. State lives in $OPGRPO_SLURM_DIR.
@@ -54,11 +56,11 @@ AuthType=auth/munge
 AuthInfo=socket=$DIR/munge/munge.socket
 CredType=cred/munge
 StateSaveLocation=$DIR/ctld
-SlurmdSpoolDir=$DIR/slurmd
+SlurmdSpoolDir=$DIR/slurmd-%n
 SlurmctldPidFile=$DIR/slurmctld.pid
-SlurmdPidFile=$DIR/slurmd.pid
+SlurmdPidFile=$DIR/slurmd-%n.pid
 SlurmctldLogFile=$DIR/slurmctld.log
-SlurmdLogFile=$DIR/slurmd.log
+SlurmdLogFile=$DIR/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -71,13 +73,14 @@ ReturnToService=2
 # finished jobs stay visible to squeue (the status command without accounting) for 10 minutes
 MinJobAge=600
 GresTypes=gpu
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
-PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
+NodeName=n1 NodeHostname=$host NodeAddr=127.0.0.1 Port=17011 CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
+NodeName=n2 NodeHostname=$host NodeAddr=127.0.0.1 Port=17012 CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
+PartitionName=$PARTITION Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
 EOF
   cat >"$ETC/gres.conf" <<EOF
 $MARK
-NodeName=$host Name=gpu File=/dev/null
-NodeName=$host Name=gpu File=/dev/zero
+NodeName=n1,n2 Name=gpu File=/dev/null
+NodeName=n1,n2 Name=gpu File=/dev/zero
 EOF
 }
 
@@ -85,7 +88,10 @@ pid_of() { [[ -f $1 ]] && cat "$1"; }
 
 alive() { local p; p=$(pid_of "$1") && [[ -n $p ]] && kill -0 "$p" 2>/dev/null; }
 
-node_state() { sinfo -h -N -o %t 2>/dev/null | head -n1; }
+NODES=(n1 n2)
+
+# the nodes' states, distinct ones joined by commas ("idle" when every node is idle)
+node_state() { sinfo -h -N -o %t 2>/dev/null | sort -u | paste -sd, -; }
 
 start() {
   [[ $(id -u) == 0 ]] || die "starting the test cluster needs root (the daemons run as root)"
@@ -95,7 +101,7 @@ start() {
   fi
   stop >/dev/null 2>&1 || true
   rm -rf "$DIR"
-  mkdir -p "$DIR/munge" "$DIR/ctld" "$DIR/slurmd"
+  mkdir -p "$DIR/munge" "$DIR/ctld" "$DIR/slurmd-n1" "$DIR/slurmd-n2"
   chmod 700 "$DIR/munge"
   dd if=/dev/urandom of="$DIR/munge/munge.key" bs=1 count=1024 status=none
   chmod 400 "$DIR/munge/munge.key"
@@ -103,18 +109,19 @@ start() {
     --pid-file="$DIR/munge/munged.pid" --log-file="$DIR/munge/munged.log" --seed-file="$DIR/munge/munged.seed"
   write_config
   slurmctld -i
-  slurmd
+  local n
+  for n in "${NODES[@]}"; do slurmd -N "$n"; done
   local state
   for _ in $(seq 1 60); do
     state=$(node_state)
     case $state in
-      idle) echo "local_slurm: node $(hostname -s) idle in partition $PARTITION ($DIR)"; return 0 ;;
-      drain*|drng|down*) scontrol update nodename="$(hostname -s)" state=resume >/dev/null 2>&1 || true ;;
+      idle) echo "local_slurm: nodes ${NODES[*]} idle in partition $PARTITION ($DIR)"; return 0 ;;
+      *drain*|*drng*|*down*) scontrol update nodename=n1,n2 state=resume >/dev/null 2>&1 || true ;;
     esac
     sleep 0.5
   done
   echo "local_slurm: node did not become idle (state: ${state:-none}); logs:" >&2
-  tail -n 20 "$DIR/slurmctld.log" "$DIR/slurmd.log" >&2 || true
+  tail -n 20 "$DIR/slurmctld.log" "$DIR"/slurmd-*.log >&2 || true
   exit 1
 }
 
@@ -123,7 +130,7 @@ stop() {
     scancel --full $(squeue -h -o %i 2>/dev/null) >/dev/null 2>&1 || true
   fi
   local f p
-  for f in "$DIR/slurmd.pid" "$DIR/slurmctld.pid" "$DIR/munge/munged.pid"; do
+  for f in "$DIR/slurmd-n1.pid" "$DIR/slurmd-n2.pid" "$DIR/slurmctld.pid" "$DIR/munge/munged.pid"; do
     if alive "$f"; then
       p=$(pid_of "$f")
       kill "$p" 2>/dev/null || true
@@ -135,7 +142,8 @@ stop() {
 }
 
 status() {
-  ours && alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && [[ $(node_state) == idle || $(node_state) == mix || $(node_state) == alloc ]]
+  ours && alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd-n1.pid" && alive "$DIR/slurmd-n2.pid" \
+    && [[ $(node_state) =~ ^((idle|mix|alloc),?)+$ ]]
 }
 
 case ${1:-} in
