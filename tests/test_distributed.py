@@ -240,7 +240,8 @@ def test_slurm_profile_requests_one_gpu_per_process(tmp_path, nodes):
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
     per_rank = ("gpu=2",) if nodes == 1 else ("gpu=0", "nodes=2", "gres=gpu:2")  # gres: per node
-    for rule, want in (("rollout", per_rank), ("policy_update", per_rank), ("evaluate", ("gpu=1",))):
+    for rule, want in (("rollout", per_rank), ("policy_update", per_rank), ("evaluate", per_rank),
+                       ("evaluate_base", ("gpu=1",))):  # the base model's one evaluation: one GPU
         block = out.split(f"rule {rule}:")[1].split("\n\n")[0]
         assert all(w in block for w in want), block
 
