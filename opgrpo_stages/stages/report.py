@@ -158,11 +158,16 @@ def smooth(values, window: int = 5):
     return np.concatenate([np.cumsum(v[: w - 1]) / np.arange(1, w), c])
 
 
-def _eval_summary(path) -> dict:
+def _eval_summary(path, samples_per_prompt: int | None = None) -> dict:
+    """GenEval summary and mean reward of an ``eval`` table; ``samples_per_prompt``: only its first
+    samples of each prompt (their noise depends on (eval.seed, prompt, k) alone, so they are the
+    images an evaluation with fewer samples per prompt draws)."""
     from ..formats import tables
     from ..geneval import summarize
 
     df = tables.read(path, "eval")
+    if samples_per_prompt is not None:
+        df = df[df["sample_index"] < samples_per_prompt]
     out = summarize(list(df["tag"]), list(df["correct"]))
     out["heldout_reward"] = float(df["reward"].mean())
     return out
@@ -185,13 +190,35 @@ def degenerate_shares(groups, sources, rewards) -> tuple[float, float]:
     return float(np.mean(tied)), float(np.mean(tied_fresh))
 
 
+def base_samples_per_prompt(cfg: dict, runs: list[str]) -> int:
+    """The base model is evaluated once, with the first run's ``eval`` settings; an experiment whose
+    runs draw fewer held-out samples per prompt (``reproduce``) compares with the base's first
+    ones. Other ``eval`` keys that change the images (seed, steps) must equal the base's."""
+    from .. import config as C
+    from ..errors import ConfigError
+
+    first = C.resolve_run(cfg, list(cfg["runs"])[0])["eval"]
+    spp = set()
+    for run in runs:
+        ec = C.resolve_run(cfg, run)["eval"]
+        for key in ("seed", "num_steps"):
+            if ec[key] != first[key]:
+                raise ConfigError(f"runs.{run}: eval.{key} = {ec[key]} differs from the base evaluation's {first[key]}; "
+                                  f"the report compares every run with that one base table")
+        spp.add(ec["samples_per_prompt"])
+    if len(spp) > 1 or max(spp) > first["samples_per_prompt"]:
+        raise ConfigError(f"runs {runs}: eval.samples_per_prompt {sorted(spp)}; expected one value, at most the base "
+                          f"evaluation's {first['samples_per_prompt']}")
+    return spp.pop()
+
+
 def collect(cfg: dict, runs: list[str]) -> dict:
     import pandas as pd
 
     from .. import config as C
     from ..formats import tables
 
-    data = {"base": _eval_summary(L.eval_table("base", 0)), "runs": {}}
+    data = {"base": _eval_summary(L.eval_table("base", 0), base_samples_per_prompt(cfg, runs)), "runs": {}}
     for run in runs:
         rc = C.resolve_run(cfg, run)
         n = rc["train"]["iterations"]

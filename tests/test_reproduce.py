@@ -102,3 +102,37 @@ def test_write_produces_every_table_and_figure(tmp_path):
     abl = res["ablations"].set_index("method")
     assert abl.loc["opgrpo", "final_heldout_reward"] == pytest.approx((0.45 + 0.3) / 2)
     assert abl.loc["opgrpo", "seeds"] == 2 and math.isnan(abl.loc["opgrpo_5", "final_heldout_reward_ci_low"])
+
+
+def test_strict_training_value_scores_the_verdict_and_evaluation_keeps_partial_credit():
+    from opgrpo_stages.stages.score import build_terms, score_images
+    from opgrpo_stages.world import WorldSpec, generate_prompts, render_batch
+
+    spec = WorldSpec()
+    meta = generate_prompts(spec, 24, seed=5)
+    images = render_batch(spec, meta, 7)
+    meta = meta[1:] + meta[:1]  # images paired with the next prompt: partial credit between 0 and 1, verdict 0
+    prompts = [m["prompt"] for m in meta]
+    cfg = {"world": {}, "reward": {"terms": {"geneval": 1.0}, "options": {"geneval": {"value": "strict"}}}}
+    train = score_images(cfg, images, prompts, meta, build_terms(cfg))
+    assert np.array_equal(train["reward"], train["geneval_strict"])
+    assert not np.array_equal(train["geneval_strict"], train["geneval"])  # the two columns differ here
+    held_out = score_images(cfg, images, prompts, meta, build_terms(cfg, evaluation=True))
+    assert np.array_equal(held_out["reward"], held_out["geneval"])
+    from opgrpo_stages.rewards import build_reward
+
+    with pytest.raises(ValueError, match="value"):
+        build_reward("geneval", world={}, value="binary")
+
+
+def test_experiment_seeds_repeat_an_experiments_runs():
+    from opgrpo_stages import config as C
+
+    cfg = {"seed": 0, "runs": {"a": {}, "b": {"replay": {"fraction": 0.25}}, "c": {}},
+           "experiments": {"main": ["a"], "rep": ["a", "b"]}, "seeds": [], "experiment_seeds": {"rep": [3, 4]}}
+    C.expand_seed_runs(cfg)
+    assert cfg["experiments"]["rep"] == ["a", "a-seed3", "a-seed4", "b", "b-seed3", "b-seed4"]
+    assert cfg["runs"]["b-seed4"] == {"replay": {"fraction": 0.25}, "seed": 4}
+    assert cfg["experiments"]["main"] == ["a"]
+    with pytest.raises(Exception, match="experiment_seeds.nope"):
+        C.expand_seed_runs({"runs": {"a": {}}, "experiments": {}, "experiment_seeds": {"nope": [1]}})
