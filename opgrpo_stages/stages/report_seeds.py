@@ -56,13 +56,17 @@ def bootstrap(values, rng, stat=None):
     statistics (e.g. a target never reached: +inf) stay in the ranking; the 'inverted_cdf'
     percentile returns an attained value, so an interval may end at inf (= not reached)."""
     v = np.asarray(values, dtype=float)
-    stat = stat or (lambda x: x.mean(axis=0))
-    point = stat(v)
+    point = stat(v) if stat else v.mean(axis=0)
     if len(v) < 2:
         nan = np.full(np.shape(point), np.nan)
         return point, nan, nan
     idx = rng.integers(0, len(v), size=(B, len(v)))
-    boot = np.array([stat(v[i]) for i in idx])
+    if stat:  # a resample's statistic depends on which seeds it drew, not their order: evaluate each set once
+        memo: dict = {}
+        boot = np.array([memo[k] if k in memo else memo.setdefault(k, stat(v[list(k)]))
+                         for k in map(tuple, np.sort(idx, axis=1))])
+    else:
+        boot = v[idx].mean(axis=1)  # (B, ...)
     lo = np.quantile(boot, 0.025, axis=0, method="inverted_cdf")
     hi = np.quantile(boot, 0.975, axis=0, method="inverted_cdf")
     return point, lo, hi
