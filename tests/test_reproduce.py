@@ -74,6 +74,9 @@ def test_headline_crossing_on_seed_mean_curves():
     clip = head[head["claim"].str.contains("clipped")].set_index("method")
     assert clip.loc["opgrpo_per_step", "value"] == pytest.approx(0.4) and clip.loc["opgrpo", "value"] == pytest.approx(0.1)
     assert clip.loc["opgrpo_per_step", "paper"] == "over 40%" and clip.loc["opgrpo", "paper"] == "11.8%"
+    assert set(clip.index) == {"opgrpo", "opgrpo_per_step"}  # the other variants differ in more than the correction
+    steps = head[head["claim"].str.contains("train reward")].set_index("method")
+    assert "23.1%" in steps.loc["opgrpo_5", "paper"] and steps.loc["opgrpo_50", "paper"] == "n/a (ablation)"
 
 
 def test_figure_groups_split_ablations_and_replay_fractions():
