@@ -364,7 +364,8 @@ def write(cfg: dict, data, out: dict, save) -> dict:
 
     pretty = [{"claim": r["claim"], "method": r["method"],
                "measured (95% interval over seeds)": _fmt(r["value"], r["ci_low"], r["ci_high"], pct=True),
-               "seeds": r["seeds"] if r["seeds_reaching"] != r["seeds_reaching"] else f"{r['seeds_reaching']}/{r['seeds']} reach",
+               "seeds": (str(int(r["seeds"])) if r["seeds_reaching"] != r["seeds_reaching"]
+                         else f"{int(r['seeds_reaching'])}/{int(r['seeds'])} reach"),
                "per seed": r["per_seed"], "paper": r["paper"]} for _, r in head.iterrows()]
     import pandas as pd
 
@@ -379,7 +380,8 @@ def write(cfg: dict, data, out: dict, save) -> dict:
                                              "degenerate_share_fresh_last10")}} for _, r in deg.iterrows()])
     note = ("Intervals: percentile bootstrap over seeds (10,000 resamples; paired by seed for the steps-to-target "
             "rows, computed on the seed-mean curves: 'not reached' = the resampled mean curve never reaches "
-            "Flow-GRPO's final smoothed value). Degenerate group: every reward in the group equal (no advantage); "
+            "Flow-GRPO's final smoothed value; 0% = that value is not above the curve's start, e.g. Flow-GRPO "
+            "ended below the base model). Degenerate group: every reward in the group equal (no advantage); "
             "`_fresh`: over the group's fresh samples only (what on-policy sampling alone gives).\n")
     write_text(out["headline_md"], "# Headline: the paper's claims at this scale\n\n" + _md(pd.DataFrame(pretty))
                + "\n" + note + "\n## Degenerate groups\n\n" + _md(deg_pretty))
