@@ -104,9 +104,9 @@ def resolve_run(cfg: dict, run: str, source: str = "config") -> dict:
     runs = cfg.get("runs") or {}
     if run not in runs:
         raise ConfigError(f"{source}: run {run!r} is not defined under 'runs' (defined: {sorted(runs)})")
-    shared = {k: v for k, v in cfg.items() if k not in ("runs", "experiments", "seeds")}
+    shared = {k: v for k, v in cfg.items() if k not in ("runs", "experiments", "seeds", "experiment_seeds")}
     over = runs[run] or {}
-    bad = sorted(set(over) & {"runs", "experiments", "seeds", "output_root"})
+    bad = sorted(set(over) & {"runs", "experiments", "seeds", "experiment_seeds", "output_root"})
     if bad:
         raise ConfigError(f"{source}: runs.{run}: cannot override {bad}")
     resolved = deep_merge(shared, over)
@@ -155,7 +155,9 @@ def run_names(cfg: dict) -> list[str]:
 
 def expand_seed_runs(cfg: dict) -> dict:
     """Add ``<run>-seed<k>`` for every run of the ``main`` experiment and every ``seeds`` entry,
-    and the ``seeds`` experiment listing the main runs with all seeds. Returns cfg (in place)."""
+    and the ``seeds`` experiment listing the main runs with all seeds; likewise for every
+    ``experiment_seeds: {<experiment>: [k, ...]}`` entry, whose experiment then lists its runs with
+    all seeds (e.g. ``reproduce``). Returns cfg (in place)."""
     exps = cfg.setdefault("experiments", {})
     exps.setdefault("main", list(cfg["runs"]))
     for name, runs in exps.items():
@@ -171,6 +173,17 @@ def expand_seed_runs(cfg: dict) -> dict:
                 cfg["runs"][name] = deep_merge(cfg["runs"][run] or {}, {"seed": int(k)})
                 seeded.append(name)
         exps["seeds"] = seeded
+    for exp, seeds in (cfg.get("experiment_seeds") or {}).items():
+        if exp not in exps:
+            raise ConfigError(f"config: experiment_seeds.{exp} names an unknown experiment (defined: {sorted(exps)})")
+        seeded = []
+        for run in exps[exp]:
+            seeded.append(run)
+            for k in seeds:
+                name = f"{run}-seed{k}"
+                cfg["runs"].setdefault(name, deep_merge(cfg["runs"][run] or {}, {"seed": int(k)}))
+                seeded.append(name)
+        exps[exp] = seeded
     return cfg
 
 
@@ -223,7 +236,7 @@ def validate_sources(cfg: dict, files: list, overrides: dict | None = None) -> d
 # section's old and new values. These keys change no stage output (edit them freely: nothing reruns);
 # `train.iterations` is among them so that raising it extends a run instead of redoing it.
 NEVER_RERUN = ("train.iterations", "runtime", "distributed", "cluster", "storage", "output_root", "report",
-               "pretrain", "experiments", "seeds")
+               "pretrain", "experiments", "seeds", "experiment_seeds")
 _TRAINING_IGNORES = NEVER_RERUN + ("eval", "prompts.heldout")
 STAGE_IGNORES = {
     "init_policy": _TRAINING_IGNORES, "rollout": _TRAINING_IGNORES, "score": _TRAINING_IGNORES,

@@ -45,8 +45,11 @@ def test_main_target_writes_report_and_table(pipeline):
     import pandas as pd
 
     for f in ["training_curves.png", "heldout_geneval.png", "samples_base_vs_trained.png", "logp_per_step.png",
-              "clipped_fraction.png"]:
+              "clipped_fraction.png", "fig2_logp_cliff.png", "fig3_curves.png", "fig6a_ablations.png",
+              "fig6b_replay_fraction.png"]:
         assert (pipeline / "results/main/figures" / f).stat().st_size > 0, f
+    curves = pd.read_csv(pipeline / "results/main/tables/training_curves.csv")
+    assert curves["degenerate_share"].between(0, 1).all() and "headline" in (pipeline / "results/main/tables/headline.md").read_text().lower()
     table = pd.read_csv(pipeline / "results/main/tables/results.csv")
     assert list(table["model"]) == ["base", "flowgrpo", "opgrpo"]
     speed = pd.read_csv(pipeline / "results/main/tables/steps_to_target.csv")

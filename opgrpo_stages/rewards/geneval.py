@@ -26,12 +26,12 @@ from . import Reward, register_reward
 class GenevalReward(Reward):
     needs = ("images", "metadata")
     batched = True
-    training_only_options = ("jpeg_quality",)
+    training_only_options = ("jpeg_quality", "value")
 
     def __init__(self, detector: str = "embedded", world: Mapping[str, Any] | None = None,
                  color_classifier: str | None = None, detector_kwargs: Mapping[str, Any] | None = None,
                  color_classifier_kwargs: Mapping[str, Any] | None = None, jpeg_quality: int | None = None,
-                 batch_size: int = 16, **eval_kwargs):
+                 batch_size: int = 16, value: str = "partial", **eval_kwargs):
         """``world``: WorldSpec dict for the embedded backends (ignored by others
         unless they accept ``spec``). ``color_classifier``: name of a registered
         classifier (``embedded``, ``clip``) built with ``color_classifier_kwargs``; None uses the
@@ -41,7 +41,13 @@ class GenevalReward(Reward):
         ``jpeg_quality``: JPEG round trip before detection (module doc), None for raw pixels.
         ``batch_size``: images per detector forward and crops per colour-classifier forward of the
         model backends ``mask2former`` and ``clip`` (``reward.batch_size`` in a stage), unless their
-        kwargs set their own; the rule-based embedded backends have no model to batch."""
+        kwargs set their own; the rule-based embedded backends have no model to batch.
+        ``value``: the training reward, ``partial`` (Flow-GRPO's partial credit) or ``strict``
+        (GenEval's 0/1 verdict: ties whole groups, the degenerate signal of the paper's
+        mechanism); training-only, so the held-out reward stays partial credit."""
+        if value not in ("partial", "strict"):
+            raise ValueError(f"reward.options.geneval.value: {value!r}; expected 'partial' or 'strict'")
+        self.value = value
         if jpeg_quality is not None and (isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, int)
                                          or not 1 <= jpeg_quality <= 100):
             raise ValueError(f"reward.options.geneval.jpeg_quality: {jpeg_quality!r}; expected null or an integer "
@@ -78,10 +84,12 @@ class GenevalReward(Reward):
             images = jpeg_roundtrip(images, self.jpeg_quality)
         dets = self.detector.detect(images)
         scores = G.evaluate_images(metadata, dets, images, self.color_classifier, **self.eval_kwargs)
-        return {
-            "geneval": np.array([s.reward for s in scores], np.float64),
-            "geneval_strict": np.array([float(s.correct) for s in scores], np.float64),
-        }
+        partial = np.array([s.reward for s in scores], np.float64)
+        strict = np.array([float(s.correct) for s in scores], np.float64)
+        # the first column is the term's value (score.score_images)
+        if self.value == "strict":
+            return {"geneval_strict": strict, "geneval": partial}
+        return {"geneval": partial, "geneval_strict": strict}
 
 
 def jpeg_roundtrip(images: np.ndarray, quality: int) -> np.ndarray:

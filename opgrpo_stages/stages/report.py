@@ -12,6 +12,8 @@ Under ``results/<experiment>/``:
   UnifiedReward; a metric that could not run reads "unavailable (<reason>)".
 - ``tables/table2.csv|md``: the paper's Table 2 (T2I-CompBench++, the eight categories and the
   paper's average over Color, Shape, 2D/3D-Spatial, Numeracy, Non-Spatial), same rows.
+- the seed-aggregated tables and Figs. 2, 3, 6a, 6b of ``report_seeds.py`` (headline claims with
+  bootstrap intervals, ablations, degenerate-group shares, training curves).
 - ``tables/steps_to_target.csv``: for every run with replay, the fraction of its Flow-GRPO
   partner's iterations (same seed, replay fraction 0) it needs to reach that partner's final
   smoothed held-out reward, and the same on the training reward of fresh samples (replayed
@@ -45,6 +47,18 @@ def outputs_for(exp: str) -> dict:
         "table1_md": f"{r}/tables/table1.md",
         "table2_csv": f"{r}/tables/table2.csv",
         "table2_md": f"{r}/tables/table2.md",
+        # seed-aggregated claims of the paper (report_seeds.py): tables, then Figs. 2, 3, 6a, 6b
+        "training_curves": f"{r}/tables/training_curves.csv",
+        "degenerate": f"{r}/tables/degenerate_groups.csv",
+        "headline_csv": f"{r}/tables/headline.csv",
+        "headline_md": f"{r}/tables/headline.md",
+        "ablations_csv": f"{r}/tables/ablations.csv",
+        "ablations_md": f"{r}/tables/ablations.md",
+        "logp_cliff": f"{r}/tables/logp_cliff.csv",
+        "fig2": f"{r}/figures/fig2_logp_cliff.png",
+        "fig3": f"{r}/figures/fig3_curves.png",
+        "fig6a": f"{r}/figures/fig6a_ablations.png",
+        "fig6b": f"{r}/figures/fig6b_replay_fraction.png",
     }
 
 
@@ -144,14 +158,58 @@ def smooth(values, window: int = 5):
     return np.concatenate([np.cumsum(v[: w - 1]) / np.arange(1, w), c])
 
 
-def _eval_summary(path) -> dict:
+def _eval_summary(path, samples_per_prompt: int | None = None) -> dict:
+    """GenEval summary and mean reward of an ``eval`` table; ``samples_per_prompt``: only its first
+    samples of each prompt (their noise depends on (eval.seed, prompt, k) alone, so they are the
+    images an evaluation with fewer samples per prompt draws)."""
     from ..formats import tables
     from ..geneval import summarize
 
     df = tables.read(path, "eval")
+    if samples_per_prompt is not None:
+        df = df[df["sample_index"] < samples_per_prompt]
     out = summarize(list(df["tag"]), list(df["correct"]))
     out["heldout_reward"] = float(df["reward"].mean())
     return out
+
+
+def degenerate_shares(groups, sources, rewards) -> tuple[float, float]:
+    """(share of groups whose rewards all tie, share whose fresh samples' rewards all tie) in one
+    iteration. A tied group has zero advantage for every sample: no signal (the paper's
+    degenerate groups). The first is what the update sees (a replayed sample can break the tie);
+    the second is what on-policy sampling alone would have given those prompts."""
+    import numpy as np
+
+    groups, sources, rewards = np.asarray(groups), np.asarray(sources), np.asarray(rewards, dtype=float)
+    tied, tied_fresh = [], []
+    for g in np.unique(groups):
+        m = groups == g
+        tied.append(bool(np.all(rewards[m] == rewards[m][0])))
+        f = rewards[m & (sources == "fresh")]
+        tied_fresh.append(bool(len(f) == 0 or np.all(f == f[0])))
+    return float(np.mean(tied)), float(np.mean(tied_fresh))
+
+
+def base_samples_per_prompt(cfg: dict, runs: list[str]) -> int:
+    """The base model is evaluated once, with the first run's ``eval`` settings; an experiment whose
+    runs draw fewer held-out samples per prompt (``reproduce``) compares with the base's first
+    ones. Other ``eval`` keys that change the images (seed, steps) must equal the base's."""
+    from .. import config as C
+    from ..errors import ConfigError
+
+    first = C.resolve_run(cfg, list(cfg["runs"])[0])["eval"]
+    spp = set()
+    for run in runs:
+        ec = C.resolve_run(cfg, run)["eval"]
+        for key in ("seed", "num_steps"):
+            if ec[key] != first[key]:
+                raise ConfigError(f"runs.{run}: eval.{key} = {ec[key]} differs from the base evaluation's {first[key]}; "
+                                  f"the report compares every run with that one base table")
+        spp.add(ec["samples_per_prompt"])
+    if len(spp) > 1 or max(spp) > first["samples_per_prompt"]:
+        raise ConfigError(f"runs {runs}: eval.samples_per_prompt {sorted(spp)}; expected one value, at most the base "
+                          f"evaluation's {first['samples_per_prompt']}")
+    return spp.pop()
 
 
 def collect(cfg: dict, runs: list[str]) -> dict:
@@ -160,18 +218,22 @@ def collect(cfg: dict, runs: list[str]) -> dict:
     from .. import config as C
     from ..formats import tables
 
-    data = {"base": _eval_summary(L.eval_table("base", 0)), "runs": {}}
+    data = {"base": _eval_summary(L.eval_table("base", 0), base_samples_per_prompt(cfg, runs)), "runs": {}}
     for run in runs:
         rc = C.resolve_run(cfg, run)
         n = rc["train"]["iterations"]
         metrics = pd.concat([tables.read(L.metrics(run, k), "update_metrics") for k in range(n)], ignore_index=True)
         # training reward of fresh samples only: replayed ones were selected for their high reward
-        fresh = []
+        fresh, degenerate = [], []
         for k in range(n):
             smp = tables.read(L.samples(run, k), "samples")
             rew = tables.read(L.rewards(run, k), "rewards")
+            if not (smp["sample_id"].to_numpy() == rew["sample_id"].to_numpy()).all():
+                raise ValueError(f"{L.rewards(run, k)}: sample ids differ from {L.samples(run, k)}")
             fresh.append(float(rew["reward"][smp["source"].to_numpy() == "fresh"].mean()))
+            degenerate.append(degenerate_shares(smp["group"], smp["source"], rew["reward"]))
         metrics["reward_fresh"] = fresh
+        metrics["degenerate_share"], metrics["degenerate_share_fresh"] = map(list, zip(*degenerate))
         evals = {k: _eval_summary(L.eval_table(run, k)) for k in L.eval_iterations(rc)}
         if rc["replay"]["fraction"] > 0:  # buffer size, mean stored (decayed) reward, mean age
             stats = []
@@ -429,9 +491,13 @@ def report(cfg: dict, runs: list[str] | None = None, outputs: dict | None = None
                "| run | correction | fresh | replayed |\n|---|---|---|---|\n" + clip_lines + "\n"
                + _weight_section(weight_spread(data)))
     t1, t2 = write_paper_tables(cfg, runs, out)
+    from . import report_seeds
+
+    seeds = report_seeds.write(cfg, data, out, _save)
+    log.info("headline:\n%s", seeds["headline"].to_string(index=False))
     log.info("Table 1:\n%s", t1.to_string(index=False))
     log.info("results:\n%s", table.to_string(index=False))
     log.info("steps to target:\n%s", head)
     print(table.to_string(index=False))
     print(head)
-    return {"table": table, "speed": speed, "data": data, "table1": t1, "table2": t2}
+    return {"table": table, "speed": speed, "data": data, "table1": t1, "table2": t2, **seeds}
