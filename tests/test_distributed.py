@@ -233,7 +233,7 @@ def test_snakefile_runs_stages_on_resident_ranks(tmp_path):
 def test_slurm_profile_requests_one_gpu_per_process(tmp_path, nodes):
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
     (tmp_path / "more.yaml").write_text(yaml.safe_dump({"distributed": {"processes": 2, "nodes": nodes},
-                                                        "sampling": {"batch_size": 32}}))
+                                                        "sampling": {"batch_size": 8}}))  # >= 4 batches in every run
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--profile",
            str(REPO / "profiles/slurm"), "-n", "--configfile", str(tmp_path / "config.yaml"), str(tmp_path / "more.yaml")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
