@@ -63,7 +63,7 @@ def test_sequence_weight_is_one_if_the_policy_did_not_change(op_cfg, tmp_path):
     rollout(op_cfg, 1, **paths)
     traj = trajectories.read(L.trajectories(run, 1))
     samples = tables.read(L.samples(run, 1), "samples")
-    w, _ref, _kept, _ = _weights_and_refs(op_cfg, traj, samples)
+    w, _ref, _kept, _, _ = _weights_and_refs(op_cfg, traj, samples)
     assert torch.equal(w, torch.ones_like(w))
 
 
@@ -72,7 +72,7 @@ def test_sequence_weight_matches_independent_computation_after_an_update(op_cfg)
     rollout(op_cfg, 1, **L.stage_paths("rollout", run, 1))
     traj = trajectories.read(L.trajectories(run, 1))
     samples = tables.read(L.samples(run, 1), "samples")
-    w, ref, kept, _ = _weights_and_refs(op_cfg, traj, samples)
+    w, ref, kept, _, _ = _weights_and_refs(op_cfg, traj, samples)
     for i in range(len(samples)):
         if samples.loc[i, "source"] == "fresh":
             assert float(w[i]) == 1.0
@@ -81,6 +81,6 @@ def test_sequence_weight_matches_independent_computation_after_an_update(op_cfg)
             assert float(w[i]) == pytest.approx(float(torch.exp(d)), rel=1e-5)
             assert float(w[i]) != 1.0  # the policy moved, the weight reflects it
     per_step = C.deep_merge(op_cfg, {"replay": {"correction": "per_step"}})
-    w2, ref2, _, _ = _weights_and_refs(per_step, traj, samples)
+    w2, ref2, _, _, _ = _weights_and_refs(per_step, traj, samples)
     assert torch.equal(w2, torch.ones_like(w2))
     assert torch.equal(ref2[kept], traj.logp_behavior[kept]) and torch.equal(ref2[~kept], traj.logp_old[~kept])
