@@ -32,7 +32,7 @@ it) and each rank takes its share as the stages do: rollout a contiguous block o
 batches (``DataParallel.shard``) then the gather of latents, log-probs and images to rank 0
 (``gather_cat``); the update its microbatches of the minibatch, then the gradient all-reduce
 (``all_reduce_grads``), clipping and AdamW. Per rank: wall, GPU-busy, host stall (wall - busy),
-time in collectives, peak memory; per phase: aggregate TFLOP/s and MFU over the N GPUs (FLOPs of
+time in collectives (``comm``; it includes waiting there for slower ranks), peak memory; per phase: aggregate TFLOP/s and MFU over the N GPUs (FLOPs of
 all ranks / the slowest rank's wall / (N x peak)); then speed-up and efficiency against N = 1, and
 the paper-scale iteration (the preset's prompts x group size, steps, trained steps, CFG) at the
 measured throughput against its limit, the iteration's counted FLOPs / (N x peak), for every N
@@ -363,8 +363,9 @@ def first_step_ratio(bb, tcfg, args):
     return dev_now
 
 
-def configure(args):
-    """The preset's production settings onto ``args``; the device (``cuda:LOCAL_RANK`` for a rank)."""
+def configure(args, launcher=False):
+    """The preset's production settings onto ``args``; the device (``cuda:LOCAL_RANK`` for a rank).
+    ``launcher``: settings only (the process that starts the ranks keeps off the GPUs)."""
     from opgrpo_stages import config as C
     from opgrpo_stages.stages.common import setup_torch
 
@@ -378,6 +379,10 @@ def configure(args):
     args.noise_level, args.sde, args.reduction = sc["noise_level"], sc["sde"], sc["logp_reduction"]
     args.timestep_fraction, args.clip_range = tc["timestep_fraction"], tc["clip_range"]
     args.iteration_samples = int(tc["prompts_per_iteration"]) * int(tc["group_size"])
+    if launcher:
+        if args.tiny:
+            args.steps = min(args.steps, 4)
+        return None
     setup_torch(run_cfg)  # the stages' torch set-up: threads, deterministic kernels (and no TF32)
     if args.tiny:
         device, args.dtype, args.size, args.text_tokens = torch.device("cpu"), "float32", 32, 16
@@ -493,7 +498,7 @@ def launch(args, argv):
         have = torch.cuda.device_count()
         if max(ns) > have:
             raise SystemExit(f"--gpus {args.gpus}: {max(ns)} ranks asked, {have} GPUs visible")
-    configure(args)  # for the report: the preset's settings
+    configure(args, launcher=True)  # for the report: the preset's settings
     passthrough, skip = [], False
     for a in argv:  # the worker gets every option but --gpus
         if not skip and not a.startswith("--gpus"):
