@@ -1,4 +1,5 @@
-"""SD3.5-Medium throughput of our rollout and policy-update code paths on one GPU.
+"""SD3.5-Medium throughput of our rollout and policy-update code paths on one GPU, or on N = 1..M
+GPUs of one node (``--gpus``).
 
 Builds an SD3Transformer2DModel with the released SD3.5-M config (random weights, bf16) and an
 SD3-sized VAE, wraps them in the project's SD3 backbone (LoRA r 32 / alpha 64 on Flow-GRPO's
@@ -23,14 +24,35 @@ summed), peak GPU memory (reset at the start of the phase), achieved TFLOP/s (FL
 (``--peak-tflops``, 989 for an H200 SXM). Random prompt embeddings stand in for the text encoders
 (77 CLIP + 128 T5 tokens, as Flow-GRPO).
 
-    python benchmarks/sd35_gpu.py            # one GPU, under 5 minutes on an H200
-    python benchmarks/sd35_gpu.py --tiny     # a tiny model on the CPU in seconds (checks the script)
+With ``--gpus 1,2,4,8`` (issue 12 item 6) it starts, for each N, N ranks with torchrun
+(``python -m torch.distributed.run --standalone``; NCCL on the GPUs, gloo on the CPU with
+``--tiny``), joined by the stages' own ``distributed.data_parallel``. The work is fixed across N
+(``--rollout-batches`` / ``--update-microbatches`` per rank at the largest N, so N = 1 does all of
+it) and each rank takes its share as the stages do: rollout a contiguous block of whole sampling
+batches (``DataParallel.shard``) then the gather of latents, log-probs and images to rank 0
+(``gather_cat``); the update its microbatches of the minibatch, then the gradient all-reduce
+(``all_reduce_grads``), clipping and AdamW. Per rank: wall, GPU-busy, host stall (wall - busy),
+time in collectives (``comm``; it includes waiting there for slower ranks), peak memory; per phase: aggregate TFLOP/s and MFU over the N GPUs (FLOPs of
+all ranks / the slowest rank's wall / (N x peak)); then speed-up and efficiency against N = 1, and
+the paper-scale iteration (the preset's prompts x group size, steps, trained steps, CFG) at the
+measured throughput against its limit, the iteration's counted FLOPs / (N x peak), for every N
+measured and, extrapolated from the largest N, for the paper's 32 GPUs.
+
+    python benchmarks/sd35_gpu.py                  # one GPU, under 5 minutes on an H200
+    python benchmarks/sd35_gpu.py --gpus 1,2,4,8   # N ranks of one node for each N
+    python benchmarks/sd35_gpu.py --tiny           # a tiny model on the CPU in seconds (checks the script)
+    python benchmarks/sd35_gpu.py --tiny --gpus 1,2  # the N-rank path on the CPU (gloo, 2 processes)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,10 +90,12 @@ def sync(device):
 
 class GpuBusy:
     """Sums GPU time inside the backbone's transformer calls and decodes (CUDA events recorded
-    around each call, read after the phase), to set against the phase's wall time."""
+    around each call, read after the phase), to set against the phase's wall time. On the CPU
+    (``--tiny``) the spans are host time inside the same calls: the table's shape, not a GPU figure."""
 
-    def __init__(self, bb, device):
-        self.device, self.spans = device, []
+    def __init__(self, bb, device, verbose=True):
+        # verbose: print each phase's figures (one process); describe: print what is timed (rank 0)
+        self.device, self.spans, self.verbose, self.describe, self.comm = device, [], verbose, verbose, 0.0
         for name in ("velocity", "decode"):
             fn = getattr(bb, name)
             setattr(bb, name, self._timed(fn))
@@ -79,7 +103,10 @@ class GpuBusy:
     def _timed(self, fn):
         def call(*a, **k):
             if self.device.type != "cuda":
-                return fn(*a, **k)
+                t0 = time.perf_counter()
+                out = fn(*a, **k)
+                self.spans.append(time.perf_counter() - t0)
+                return out
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             out = fn(*a, **k)
@@ -89,26 +116,39 @@ class GpuBusy:
         return call
 
     @contextlib.contextmanager
+    def collective(self):
+        """Times a collective (the device drained first, so the time is the collective's own)."""
+        sync(self.device)
+        t0 = time.perf_counter()
+        yield
+        sync(self.device)
+        self.comm += time.perf_counter() - t0
+
+    @contextlib.contextmanager
     def phase(self, name, flops_fn, peak_tflops):
         """Times a phase; ``flops_fn()`` (called after it) gives the phase's FLOPs."""
-        self.spans = []
+        self.spans, self.comm = [], 0.0
         if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(self.device)
         sync(self.device)
         t0 = time.perf_counter()
         yield
         sync(self.device)
         wall = time.perf_counter() - t0
-        busy = sum(s.elapsed_time(e) for s, e in self.spans) / 1e3 if self.device.type == "cuda" else float("nan")
+        if self.device.type == "cuda":
+            busy = sum(s.elapsed_time(e) for s, e in self.spans) / 1e3
+        else:
+            busy = sum(self.spans)
         flops = flops_fn()
-        peak = torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else float("nan")
-        print(f"  {name}: wall {wall:.2f} s, GPU busy {busy:.2f} s ({busy / wall:.0%} of wall), "
-              f"peak GPU memory {peak:.1f} GiB, {flops / wall / 1e12:.3g} TFLOP/s achieved, "
-              f"MFU {flops / wall / 1e12 / peak_tflops:.1%} of {peak_tflops:g} TFLOP/s")
-        self.last = dict(wall=wall, busy=busy, flops=flops, peak=peak)
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else float("nan")
+        if self.verbose:
+            print(f"  {name}: wall {wall:.2f} s, {'GPU' if self.device.type == 'cuda' else 'CPU'} busy {busy:.2f} s "
+                  f"({busy / wall:.0%} of wall), peak GPU memory {peak:.1f} GiB, {flops / wall / 1e12:.3g} TFLOP/s "
+                  f"achieved, MFU {flops / wall / 1e12 / peak_tflops:.1%} of {peak_tflops:g} TFLOP/s")
+        self.last = dict(wall=wall, busy=busy, stall=wall - busy, comm=self.comm, flops=flops, peak_gib=peak)
 
 
-def build(args, device):
+def build(args, device, verbose=True):
     from diffusers import AutoencoderKL, SD3Transformer2DModel
 
     from opgrpo_stages.backbones.sd3 import SD3_LORA_TARGETS, SD3Backbone
@@ -129,8 +169,9 @@ def build(args, device):
     bb = SD3Backbone.from_components(model_cfg, transformer, vae, SD35_SCHEDULER, device=str(device))
     n_params = sum(p.numel() for p in transformer.parameters())
     n_lora = sum(p.numel() for p in bb.trainable_parameters().values())
-    print(f"transformer {n_params / 1e9:.3f} B parameters ({args.dtype}), LoRA {n_lora / 1e6:.1f} M; "
-          f"latent {tuple(bb.latent_shape)}")
+    if verbose:
+        print(f"transformer {n_params / 1e9:.3f} B parameters ({args.dtype}), LoRA {n_lora / 1e6:.1f} M; "
+              f"latent {tuple(bb.latent_shape)}")
     return bb, tcfg
 
 
@@ -151,21 +192,29 @@ def count_flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_rollout(bb, tcfg, args, device, busy):
+def bench_rollout(bb, tcfg, args, device, busy, dp):
+    """The rollout stage's work: this rank's contiguous block of whole sampling batches
+    (``DataParallel.shard``, as the stage), then the gather to rank 0 (a collective)."""
     from opgrpo_stages.sampling import per_sample_noise, sample_sde
 
-    gen = torch.Generator().manual_seed(1)
-    n = args.batch * args.rollout_batches
+    batches = args.rollout_batches * args.scale_to  # fixed across N: the largest N gives each rank its share
+    total = args.batch * batches
+    mine = dp.shard(batches)
+    lo, hi = mine.start * args.batch, mine.stop * args.batch
+    n = hi - lo
+    gen = torch.Generator().manual_seed(1 + lo)
+    assert n > 0, "every rank has at least one batch (--rollout-batches per rank at the largest N)"
     cond = random_cond(n, tcfg, args.text_tokens, gen)
     sigmas = bb.sigmas(args.steps)
-    init, noise = per_sample_noise(bb, list(range(n)), args.steps)
+    init, noise = per_sample_noise(bb, list(range(lo, hi)), args.steps)
 
     def run(k):
-        lat, _ = sample_sde(bb, {kk: v[:k] for kk, v in cond.items()}, init[:k], noise[:k], sigmas, noise_level=0.7,
-                            kind="flow_grpo", reduction="mean", batch_size=args.batch)
-        return bb.decode(lat[:, -1])
+        lat, logp = sample_sde(bb, {kk: v[:k] for kk, v in cond.items()}, init[:k], noise[:k], sigmas,
+                               noise_level=0.7, kind="flow_grpo", reduction="mean", batch_size=args.batch)
+        return lat, logp, bb.decode(lat[:, -1])
 
-    run(min(2, n))  # warm-up (kernels, allocator)
+    with torch.no_grad():
+        run(min(2, n))  # warm-up (kernels, allocator)
     x = init[:1]
     c1 = {k: v[:1] for k, v in cond.items()}
     flops = {}
@@ -176,15 +225,21 @@ def bench_rollout(bb, tcfg, args, device, busy):
             flops["dec"] = count_flops(lambda: bb.decode(init[:1]))
         return n * (args.steps * flops["step"] + flops["dec"])
 
-    print(f"rollout: {n} images {args.size}x{args.size}, {args.steps} SDE steps, CFG, batch {args.batch} "
-          f"(sampling.sample_sde + decode, as the rollout stage)")
+    if busy.describe:
+        print(f"rollout: {total} images {args.size}x{args.size}, {args.steps} SDE steps, CFG, batch {args.batch}"
+              f"{f' over {dp.world} ranks' if dp.world > 1 else ''} (sampling.sample_sde + decode, as the rollout stage)")
     with busy.phase("rollout", count, args.peak_tflops):
         with torch.no_grad():
-            run(n)
+            out = run(n)
+        if dp.world > 1:
+            with busy.collective():
+                dp.gather_cat(*out)  # latents, log-probs, uint8 images: what the stage's rank 0 writes
     dt = busy.last["wall"]
-    print(f"  {n / dt:.2f} images/s; {args.steps * flops['step'] / 1e12:.3g} TFLOP/image in the transformer, "
-          f"{flops['dec'] / 1e12:.3g} in the decode")
-    return n / dt
+    per_image = args.steps * flops["step"] + flops["dec"]
+    if busy.verbose:
+        print(f"  {n / dt:.2f} images/s; {args.steps * flops['step'] / 1e12:.3g} TFLOP/image in the transformer, "
+              f"{flops['dec'] / 1e12:.3g} in the decode")
+    return dict(busy.last, items=n, flops_per_item=per_image)
 
 
 def _trajectories(bb, lat, logp_old, steps, args):
@@ -208,14 +263,15 @@ def _chunk_kwargs(traj, args, n, adv, first_step):
                 tc={**tc, "clip_range": args.clip_range, "kl_beta": args.kl_beta}, sc=args.preset_cfg["sampling"])
 
 
-def bench_update(bb, tcfg, args, device, busy):
+def bench_update(bb, tcfg, args, device, busy, dp):
     """policy_update's own per-microbatch code (``_train_chunk``: device-resident, CFG pairs built
-    once per microbatch) on trajectories held on the CPU as the stage reads them."""
+    once per microbatch) on trajectories held on the CPU as the stage reads them; this rank's
+    share of the minibatch's microbatches, then the gradient all-reduce, clipping and AdamW."""
     from opgrpo_stages.stages.policy_update import _train_chunk
 
     gen = torch.Generator().manual_seed(2)
     mb = args.microbatch
-    n = mb * args.update_microbatches
+    n = mb * args.update_microbatches * args.scale_to  # one minibatch, fixed across N
     cond = random_cond(n, tcfg, args.text_tokens, gen)
     lat = torch.randn((n, args.steps + 1, *bb.latent_shape), generator=gen)
     traj = _trajectories(bb, lat, torch.zeros(n, args.steps), args.steps, args)
@@ -224,11 +280,17 @@ def bench_update(bb, tcfg, args, device, busy):
     kw = _chunk_kwargs(traj, args, n, adv, first_step=False)
     params = list(bb.trainable_parameters().values())
     opt = torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-4)
+    chunks = torch.split(torch.arange(n), mb)
+    mine = chunks[dp.shard(len(chunks))]  # as policy_update: a contiguous share of the microbatches
+    n_mine = sum(len(c) for c in mine)
 
     def run():
         opt.zero_grad(set_to_none=True)
-        for lo in range(0, n, mb):
-            _train_chunk(bb, cond, traj, torch.arange(lo, lo + mb), steps, **kw)
+        for chunk in mine:
+            _train_chunk(bb, cond, traj, chunk, steps, **kw)
+        if dp.world > 1:
+            with busy.collective():
+                dp.all_reduce_grads(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
 
@@ -240,15 +302,18 @@ def bench_update(bb, tcfg, args, device, busy):
         opt.zero_grad(set_to_none=True)
         per["sample_step"] = count_flops(lambda: _train_chunk(bb, cond, traj, torch.arange(0, 1), steps[:1], **kw))
         opt.zero_grad(set_to_none=True)
-        return n * len(steps) * per["sample_step"]
+        return n_mine * len(steps) * per["sample_step"]
 
-    print(f"policy update: {n} samples x {len(steps)} trained steps, CFG, KL beta {args.kl_beta}, microbatch {mb}"
-          f"{', checkpointing' if args.checkpointing else ''} (policy_update's _train_chunk, trajectories on the CPU)")
+    if busy.describe:
+        print(f"policy update: {n} samples x {len(steps)} trained steps, CFG, KL beta {args.kl_beta}, microbatch {mb}"
+              f"{', checkpointing' if args.checkpointing else ''}{f' over {dp.world} ranks' if dp.world > 1 else ''} "
+              f"(policy_update's _train_chunk, trajectories on the CPU)")
     with busy.phase("policy update", count, args.peak_tflops):
         run()
     dt = busy.last["wall"]
-    print(f"  {n / dt:.3f} samples/s; {len(steps) * per['sample_step'] / 1e12:.3g} TFLOP/sample")
-    return n / dt
+    if busy.verbose:
+        print(f"  {n_mine / dt:.3f} samples/s; {len(steps) * per['sample_step'] / 1e12:.3g} TFLOP/sample")
+    return dict(busy.last, items=n_mine, flops_per_item=len(steps) * per["sample_step"])
 
 
 def first_step_ratio(bb, tcfg, args):
@@ -298,15 +363,9 @@ def first_step_ratio(bb, tcfg, args):
     return dev_now
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tiny", action="store_true", help="tiny model on the CPU, float32 (checks the script)")
-    ap.add_argument("--preset", default=str(REPO / "presets/sd35_geneval.yaml"),
-                    help="the production settings measured (batch, microbatch, dtype, KL, steps, ...)")
-    ap.add_argument("--rollout-batches", type=int, default=2, help="sampling batches timed")
-    ap.add_argument("--update-microbatches", type=int, default=2, help="training microbatches timed")
-    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H200 SXM: 989)")
-    args = ap.parse_args(argv)
+def configure(args, launcher=False):
+    """The preset's production settings onto ``args``; the device (``cuda:LOCAL_RANK`` for a rank).
+    ``launcher``: settings only (the process that starts the ranks keeps off the GPUs)."""
     from opgrpo_stages import config as C
     from opgrpo_stages.stages.common import setup_torch
 
@@ -319,24 +378,181 @@ def main(argv=None):
         mc.get("decode_batch_size") or 8
     args.noise_level, args.sde, args.reduction = sc["noise_level"], sc["sde"], sc["logp_reduction"]
     args.timestep_fraction, args.clip_range = tc["timestep_fraction"], tc["clip_range"]
+    args.iteration_samples = int(tc["prompts_per_iteration"]) * int(tc["group_size"])
+    if launcher:
+        if args.tiny:
+            args.steps = min(args.steps, 4)
+        return None
     setup_torch(run_cfg)  # the stages' torch set-up: threads, deterministic kernels (and no TF32)
     if args.tiny:
         device, args.dtype, args.size, args.text_tokens = torch.device("cpu"), "float32", 32, 16
-        args.batch, args.rollout_batches, args.microbatch, args.update_microbatches = 2, 1, 1, 2
-        args.steps, args.decode_batch = min(args.steps, 4), 2
-        torch.set_num_threads(2)
+        args.batch, args.microbatch, args.steps, args.decode_batch = 2, 1, min(args.steps, 4), 2
+        if not args.rank_worker:
+            args.rollout_batches, args.update_microbatches = 1, 2
+        torch.set_num_threads(1 if args.rank_worker else 2)  # --gpus 1,2: two processes on two cores
     else:
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device: run with --tiny to check the script on a CPU")
-        device, args.dtype = torch.device("cuda"), mc["dtype"]
+        device, args.dtype = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))), mc["dtype"]
+        torch.cuda.set_device(device)
         args.size, args.text_tokens = int(mc["height"]), 77 + int(mc.get("max_sequence_length") or 128)
-        print(f"{torch.cuda.get_device_name(0)}; preset {args.preset}; TF32 matmul "
-              f"{torch.backends.cuda.matmul.allow_tf32} (as production)")
+        if not args.rank_worker or int(os.environ.get("RANK", 0)) == 0:
+            print(f"{torch.cuda.get_device_name(device)}; preset {args.preset}; TF32 matmul "
+                  f"{torch.backends.cuda.matmul.allow_tf32} (as production)")
+    return device
+
+
+def rank_worker(args):
+    """One rank of an N-rank run (started by torchrun): the phases on its share, its figures to
+    ``--out``/rank<r>.json."""
+    from opgrpo_stages.distributed import SINGLE, data_parallel
+
+    device = configure(args)
+    cfg = {"runtime": {"device": device.type}}
+    ctx = data_parallel(cfg) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else contextlib.nullcontext(SINGLE)
+    with ctx as dp:
+        bb, tcfg = build(args, device, verbose=dp.is_main)
+        busy = GpuBusy(bb, device, verbose=False)  # the launcher prints every rank's figures
+        busy.describe = dp.is_main
+        out = {"rank": dp.rank, "world": dp.world, "device": str(device),
+               "backend": "nccl" if device.type == "cuda" else "gloo",
+               "rollout": bench_rollout(bb, tcfg, args, device, busy, dp),
+               "update": bench_update(bb, tcfg, args, device, busy, dp)}
+        if dp.world == 1:
+            out["first_step_ratio"] = first_step_ratio(bb, tcfg, args)
+    Path(args.out, f"rank{out['rank']}.json").write_text(json.dumps(out))
+
+
+PHASES = (("rollout", "images"), ("update", "samples"))
+
+
+def report(results, args):
+    """Per-N tables, the scaling summary and the paper-scale iteration from the ranks' figures."""
+    from opgrpo_stages.sde import num_train_steps
+
+    unit = "GPU" if not args.tiny else "CPU rank"
+    summary = {}
+    for n, ranks in results.items():
+        print(f"\nN = {n} ({ranks[0]['backend']}): per rank")
+        print(f"  {'phase':<8} {'rank':>4} {'items':>6} {'wall s':>8} {'busy s':>8} {'stall s':>8} {'comm s':>8} "
+              f"{'peak GiB':>9}")
+        for phase, _ in PHASES:
+            for r in ranks:
+                f = r[phase]
+                print(f"  {phase:<8} {r['rank']:>4} {f['items']:>6} {f['wall']:>8.2f} {f['busy']:>8.2f} "
+                      f"{f['stall']:>8.2f} {f['comm']:>8.2f} {f['peak_gib']:>9.1f}")
+        summary[n] = {}
+        for phase, what in PHASES:
+            wall = max(r[phase]["wall"] for r in ranks)  # the phase ends with its slowest rank
+            items = sum(r[phase]["items"] for r in ranks)
+            flops = sum(r[phase]["flops"] for r in ranks)
+            tflops = flops / wall / 1e12
+            summary[n][phase] = dict(rate=items / wall, per_item=ranks[0][phase]["flops_per_item"])
+            print(f"  {phase}: {items} {what} in {wall:.2f} s = {items / wall:.3g} {what}/s; {tflops:.3g} TFLOP/s over "
+                  f"{n} {unit}{'s' if n > 1 else ''}, MFU {tflops / (n * args.peak_tflops):.1%} of {n} x "
+                  f"{args.peak_tflops:g}; host stall {max(r[phase]['stall'] for r in ranks):.2f} s (slowest rank)")
+        if "first_step_ratio" in ranks[0]:
+            summary[n]["first_step_ratio"] = ranks[0]["first_step_ratio"]
+    base = min(summary)
+    print(f"\nscaling (fixed work; speed-up against N = {base})")
+    print(f"  {'N':>3} " + " ".join(f"{p + ' ' + w + '/s':>18} {'speed-up':>8} {'eff.':>6}" for p, w in PHASES))
+    for n, s in summary.items():
+        cells = []
+        for phase, _ in PHASES:
+            up = s[phase]["rate"] / summary[base][phase]["rate"]
+            cells.append(f"{s[phase]['rate']:>18.3g} {up:>8.2f} {up / (n / base):>6.0%}")
+        print(f"  {n:>3} " + " ".join(cells))
+
+    # the paper-scale iteration: rollout and update of every sample at the measured throughputs
+    S = args.iteration_samples
+    trained = num_train_steps(args.steps, args.timestep_fraction)
+    any_s = summary[base]
+    it_flops = S * (any_s["rollout"]["per_item"] + any_s["update"]["per_item"])
+    print(f"\npaper-scale iteration ({args.preset_cfg['train']['prompts_per_iteration']} prompts x "
+          f"{args.preset_cfg['train']['group_size']} = {S} samples, {args.steps} SDE steps, CFG, {trained} trained "
+          f"steps{' (--tiny: the tiny model, not SD3.5-M)' if args.tiny else ''}): {it_flops / 1e15:.3g} PFLOP "
+          f"counted; rollout + update at the measured rates, against the limit {it_flops / 1e15:.3g} PFLOP / "
+          f"(N x {args.peak_tflops:g} TFLOP/s)")
+
+    def line(n, t, note=""):
+        limit = it_flops / (n * args.peak_tflops * 1e12)
+        print(f"  N = {n:>3}: {t:10.3g} s per iteration, limit {limit:10.3g} s, {t / limit:8.3g} x the limit{note}")
+
+    times = {n: S / s["rollout"]["rate"] + S / s["update"]["rate"] for n, s in summary.items()}
+    for n, t in times.items():
+        line(n, t)
+    top = max(times)
+    if args.paper_gpus > top:
+        line(args.paper_gpus, times[top] * top / args.paper_gpus,
+             f"  EXTRAPOLATED from N = {top} (its per-{unit} rate; inter-node all-reduce not measured)")
+    print("  (the update is timed with one optimizer step per measured minibatch; scoring, buffer update and "
+          "file I/O not included)")
+
+
+def launch(args, argv):
+    """For each N of ``--gpus``: N ranks by torchrun on this node, then the report."""
+    ns = sorted({int(x) for x in args.gpus.split(",")})
+    if min(ns) < 1:
+        raise SystemExit(f"--gpus {args.gpus}: expected positive rank counts such as 1,2,4,8")
+    if not args.tiny:
+        have = torch.cuda.device_count()
+        if max(ns) > have:
+            raise SystemExit(f"--gpus {args.gpus}: {max(ns)} ranks asked, {have} GPUs visible")
+    configure(args, launcher=True)  # for the report: the preset's settings
+    passthrough, skip = [], False
+    for a in argv:  # the worker gets every option but --gpus
+        if not skip and not a.startswith("--gpus"):
+            passthrough.append(a)
+        skip = a == "--gpus"
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="sd35_gpu.") as tmp:
+        for n in ns:
+            out = Path(tmp, f"n{n}")
+            out.mkdir()
+            print(f"== N = {n}: {n} rank{'s' if n > 1 else ''} (torchrun --standalone --nproc_per_node {n})", flush=True)
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+                   str(Path(__file__).resolve()), *passthrough, "--rank-worker", "--out", str(out),
+                   "--scale-to", str(max(ns))]
+            env = {**os.environ, "OMP_NUM_THREADS": "1"} if args.tiny else None
+            proc = subprocess.run(cmd, env=env)
+            if proc.returncode:
+                raise SystemExit(f"sd35_gpu: the {n}-rank run failed (exit {proc.returncode}): {' '.join(cmd)}")
+            results[n] = sorted((json.loads(p.read_text()) for p in out.glob("rank*.json")), key=lambda r: r["rank"])
+            if len(results[n]) != n:
+                raise SystemExit(f"sd35_gpu: the {n}-rank run wrote {len(results[n])} rank reports, expected {n}")
+    report(results, args)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="tiny model on the CPU, float32 (checks the script)")
+    ap.add_argument("--preset", default=str(REPO / "presets/sd35_geneval.yaml"),
+                    help="the production settings measured (batch, microbatch, dtype, KL, steps, ...)")
+    ap.add_argument("--rollout-batches", type=int, default=2,
+                    help="sampling batches timed (with --gpus: per rank at the largest N)")
+    ap.add_argument("--update-microbatches", type=int, default=2,
+                    help="training microbatches timed (with --gpus: per rank at the largest N)")
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H200 SXM: 989)")
+    ap.add_argument("--gpus", help="comma-separated rank counts N on this node, e.g. 1,2,4,8 (with --tiny: CPU ranks, "
+                                   "gloo)")
+    ap.add_argument("--paper-gpus", type=int, default=32, help="the paper's GPU count, extrapolated to (Flow-GRPO: 32)")
+    ap.add_argument("--rank-worker", action="store_true", help=argparse.SUPPRESS)  # one rank, started by --gpus
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--scale-to", type=int, default=1, help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = ap.parse_args(argv)
+    if args.gpus and not args.rank_worker:
+        return launch(args, argv)
+    if args.rank_worker:
+        return rank_worker(args)
+    device = configure(args)
     t_start = time.perf_counter()
     bb, tcfg = build(args, device)
     busy = GpuBusy(bb, device)
-    bench_rollout(bb, tcfg, args, device, busy)
-    bench_update(bb, tcfg, args, device, busy)
+    from opgrpo_stages.distributed import SINGLE
+
+    bench_rollout(bb, tcfg, args, device, busy, SINGLE)
+    bench_update(bb, tcfg, args, device, busy, SINGLE)
     first_step_ratio(bb, tcfg, args)
     print(f"total {time.perf_counter() - t_start:.1f} s")
 

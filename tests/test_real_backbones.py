@@ -313,3 +313,33 @@ def test_gpu_benchmark_script_runs_tiny_on_cpu(capsys):
     assert "images/s" in out and "samples/s" in out
     rates = [float(v) for v in re.findall(r"([0-9.e+-]+) TFLOP/s ", out)]
     assert len(rates) == 2 and all(r > 0 for r in rates)  # FLOPs were counted for both phases
+
+
+def test_gpu_benchmark_runs_on_two_ranks_tiny_on_cpu():
+    """benchmarks/sd35_gpu.py --gpus (issue 12 item 6) on the CPU: torchrun ranks joined by the
+    stages' data_parallel (gloo); each rank reports its share, collectives are timed, and the
+    scaling and paper-scale summaries print."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks/sd35_gpu.py"), "--tiny", "--gpus", "1,2"],
+                          capture_output=True, text=True, timeout=300, cwd=repo)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    tables = out.split("\nN = ")[1:]
+    assert [t.split(" ")[0] for t in tables] == ["1", "2"], out
+    row = re.compile(r"^\s+(rollout|update)\s+(\d+)\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)\s+(-?[0-9.]+)\s+([0-9.]+)", re.M)
+    for n, table in zip((1, 2), tables):
+        rows = row.findall(table.split("\nscaling")[0])
+        assert sorted((p, int(r)) for p, r, *_ in rows) == sorted((p, r) for p in ("rollout", "update") for r in range(n))
+        for phase in ("rollout", "update"):
+            items = [int(i) for p, _, i, *_ in rows if p == phase]
+            assert all(i > 0 for i in items) and sum(items) == {"rollout": 8, "update": 4}[phase]  # fixed work, shared
+            comm = [float(c) for p, *_, c in rows if p == phase]
+            assert all((c > 0) == (n > 1) for c in comm)  # gather / all-reduce only with 2 ranks
+    assert re.search(r"^\s+2\s+[0-9.e+-]+\s+[0-9.]+\s+\d+%", out, re.M), out  # the scaling row of N = 2
+    assert "max |ratio - 1| = 0 (this code)" in out
+    assert re.search(r"N =\s+32: .* EXTRAPOLATED from N = 2", out), out
