@@ -183,6 +183,7 @@ def main():
     cfg["runs"] = {args.run: cfg["runs"][args.run]}
     cfg["experiments"] = {"main": [args.run]}
     cfg.pop("seeds", None)
+    cfg.pop("experiment_seeds", None)  # its experiments are not in this config
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
     (wd / "models").mkdir(exist_ok=True)
     weights = REPO / cfg["model"]["base_weights"]
