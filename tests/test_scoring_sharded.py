@@ -70,7 +70,7 @@ def _stop_ranks():
     ranks.shutdown()
 
 
-def _launch(stage, cfg, paths, log, monkeypatch):
+def _launch(stage, cfg, paths, log):
     """``stage`` on 2 ranks through what its rule calls (smk.run_stage)."""
     from opgrpo_stages.smk import run_stage
     from opgrpo_stages.stages.evaluate import evaluate_stage
@@ -82,21 +82,21 @@ def _launch(stage, cfg, paths, log, monkeypatch):
         assert f"data parallel: rank {r} of 2" in text, text[-3000:]
 
 
-def test_score_two_processes_byte_identical(setup, tmp_path, monkeypatch):
+def test_score_two_processes_byte_identical(setup, tmp_path):
     import pandas as pd
 
     wd, cfg, _, sc, _, _ = setup
     out = {**sc, "out_rewards": str(tmp_path / "rewards.parquet")}
-    _launch("score", cfg, out, tmp_path / "score.log", monkeypatch)
+    _launch("score", cfg, out, tmp_path / "score.log")
     assert _sha(out["out_rewards"]) == _sha(sc["out_rewards"])
     df = pd.read_parquet(sc["out_rewards"])
     assert len(df) == 8 and df["pickscore"].nunique() == 8  # both processes' blocks hold real scores
 
 
-def test_evaluate_two_processes_byte_identical(setup, tmp_path, monkeypatch):
+def test_evaluate_two_processes_byte_identical(setup, tmp_path):
     wd, _, cfg, _, ev, summary = setup
     out = {**ev, "out_table": str(tmp_path / "eval.parquet"), "out_grid": str(tmp_path / "eval.png")}
-    _launch("evaluate", cfg, out, tmp_path / "evaluate.log", monkeypatch)
+    _launch("evaluate", cfg, out, tmp_path / "evaluate.log")
     for name in ("out_table", "out_grid"):
         assert _sha(out[name]) == _sha(ev[name]), name
     assert set(summary) >= {"overall", "reward"}
