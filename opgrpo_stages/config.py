@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -139,6 +140,12 @@ def check_semantics(cfg: dict, source: str) -> None:
             f"{source}: key {key} = {procs} exceeds the {batches} rollout forward batches "
             f"(train.prompts_per_iteration x train.group_size = {n} samples in sampling.batch_size = "
             f"{cfg['sampling']['batch_size']}); lower sampling.batch_size or the processes"
+        )
+    device = str(cfg["runtime"]["device"])
+    if procs > 1 and re.fullmatch(r"cuda:\d+", device):  # each rank picks cuda:LOCAL_RANK itself (ranks.py)
+        raise ConfigError(
+            f"{source}: key 'runtime.device' = {device!r} with {procs} data-parallel processes would put every "
+            f"rank on that one GPU; expected 'cuda' (rank r of a node uses GPU r)"
         )
     if cfg["model"]["backbone"] == "tiny_unet":
         from .world import WorldSpec

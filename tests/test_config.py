@@ -36,6 +36,17 @@ def test_truncation_beyond_steps_is_refused():
         C.resolve_run(cfg, "a")
 
 
+def test_one_numbered_gpu_for_several_ranks_is_refused():
+    """Each rank selects cuda:LOCAL_RANK; a numbered device would put every rank on one GPU."""
+    over = {"runtime": {"device": "cuda:0"}, "distributed": {"processes": 2}, "sampling": {"batch_size": 4},
+            "runs": {"a": {}}}
+    cfg = C.validate(over)
+    with pytest.raises(ConfigError, match=r"runtime.device' = 'cuda:0' with 2 data-parallel processes.*expected 'cuda'"):
+        C.resolve_run(cfg, "a")
+    for ok in ({"runtime": {"device": "cuda"}}, {"distributed": {"processes": 1}}):
+        C.resolve_run(C.validate(C.deep_merge(over, ok)), "a")
+
+
 def test_run_overrides_are_deep_merged_and_validated():
     cfg = C.validate({"train": {"lr": 1e-4, "group_size": 8}, "runs": {"a": {"train": {"lr": 2e-4}},
                                                                        "b": {"replay": {"fraction": 2}}}})
