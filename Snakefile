@@ -3,20 +3,17 @@
 #   snakemake -f runs/flowgrpo/iter_00003/rewards.parquet   rerun one stage of one iteration
 # Every stage is a plain function (opgrpo_stages.stages.*) also runnable as `opgrpo <stage>`.
 # Stages run inside the Snakemake process (`run:`), as threads, also inside a cluster job: torch is
-# imported and the models are loaded once per process (opgrpo_stages/resident.py); rollout and
-# policy_update with `distributed.nodes` x `distributed.processes` > 1 run on that many resident
-# ranks, this process being rank 0 (opgrpo_stages/ranks.py).
+# imported and the models are loaded once per process; rollout, score, policy_update and evaluate
+# with `distributed.nodes` x `distributed.processes` > 1 run on that many resident ranks, this
+# process being rank 0. How stages run is opgrpo_stages/execution/ (docs/architecture.md).
 import sys
 from types import SimpleNamespace as Namespace
 
 from snakemake.utils import min_version, validate
 
 from opgrpo_stages import config as C
+from opgrpo_stages.execution import workflow as X
 from opgrpo_stages import layout as L
-from opgrpo_stages import locks
-from opgrpo_stages import smk_groups
-
-smk_groups.install()  # Snakemake's group checks are quadratic in the jobs: a linear one (1,000-iteration presets)
 
 min_version("9.20")
 sys.setrecursionlimit(100000)  # long iteration chains recurse deeply in the DAG builder
@@ -24,38 +21,32 @@ sys.setrecursionlimit(100000)  # long iteration chains recurse deeply in the DAG
 configfile: "config.yaml"
 report: "report/workflow.rst"  # the report opens on the results (with --report-metadata, set in the profiles)
 
-# a killed earlier run left its locks: rerunning the same command resumes (opgrpo_stages/locks.py)
-for _lock in locks.clear_stale_locks():
+# Snakemake's group checks are quadratic in the jobs: a linear one (1,000-iteration presets); inside
+# a cluster job, its stages run as threads of its one process, so its models stay loaded across
+# them (docs/architecture.md "Resident worker"). Both in opgrpo_stages/execution/snakemake_patches.py.
+X.install_snakemake_patches(workflow.remote_exec)
+
+# a killed earlier run left its locks: rerunning the same command resumes (opgrpo_stages/execution/locks.py)
+for _lock in X.clear_stale_locks():
     print(f"opgrpo: removed stale lock .snakemake/locks/{_lock} of a Snakemake process that is gone", file=sys.stderr)
 
 
-# Inside a cluster job, its own Snakemake (remote mode, local executor) would start every `run:`
-# stage of the group in a new process: the executor passes --force-use-threads to single-rule jobs
-# only, and remote mode reads no profile. Run them as threads of that one process instead, so the
-# job's models stay loaded across its stages (opgrpo_stages/resident.py; docs/architecture.md
-# "Resident worker"). The outer Snakemake (submitting jobs, or profiles/local) is unaffected.
-if workflow.remote_exec:
-    from opgrpo_stages.smk import run_group_stages_in_threads
-
-    run_group_stages_in_threads()
-
-
 onstart:
-    locks.record_lock_owner()
+    X.record_lock_owner()
     from opgrpo_stages.evaluators import launch  # evaluator servers with a `command` (docs/evaluators.md)
 
     launch.start(RUN_CFG.values())
 
 
 onsuccess:
-    locks.release_lock_owner()
+    X.release_lock_owner()
     from opgrpo_stages.evaluators import launch
 
     launch.stop()
 
 
 onerror:
-    locks.release_lock_owner()
+    X.release_lock_owner()
     from opgrpo_stages.evaluators import launch
 
     launch.stop()
@@ -114,27 +105,13 @@ def eval_job(w):
     return f"{w.run}-eval{int(w.iter):05d}"
 
 
-def stage_resources(stage):
-    """Slurm runtime (minutes) and host memory of one stage, from the run's config
-    (opgrpo_stages/cluster.py); a group job sums the runtimes of its stages."""
-    from opgrpo_stages import cluster
-
-    res = dict(runtime=lambda w: cluster.runtime_minutes(cfg_of(w.run), stage),
-               mem_mb=lambda w: cluster.mem_mb(cfg_of(w.run), stage))
-    if MULTI_NODE and stage != "evaluate":  # a string resource must agree across a group job's stages
-        res["gres"] = lambda w: cluster.training_gres(cfg_of(w.run))
-    return res
-
-
 MULTI_NODE = any(int(c["distributed"].get("nodes", 1)) > 1 for c in RUN_CFG.values())
 
 
-def dp_resources():
-    """Slurm GPUs (and nodes) of a data-parallel stage: one GPU per rank (opgrpo_stages/cluster.py)."""
-    from opgrpo_stages import cluster
-
-    keys = ("gpu", "nodes", "gres") if MULTI_NODE else ("gpu",)
-    return {k: (lambda w, k=k: cluster.gpu_resources(cfg_of(w.run), MULTI_NODE)[k]) for k in keys}
+def stage_resources(stage, data_parallel=False):
+    """Slurm runtime, host memory and (data-parallel stages: one per rank) GPUs and nodes of a
+    stage, from the run's config (opgrpo_stages/execution/cluster.py)."""
+    return X.rule_resources(stage, cfg_of, MULTI_NODE, data_parallel)
 
 
 wildcard_constraints:
@@ -172,10 +149,9 @@ rule prompts:
     log:
         L.log("prompts_{split}.log"),
     run:
-        from opgrpo_stages.smk import rule_log
         from opgrpo_stages.stages.prompts import make_prompts
 
-        with rule_log(log[0]):
+        with X.rule_log(log[0]):
             make_prompts(RUN_CFG[FIRST], wildcards.split, output[0])
 
 
@@ -189,10 +165,9 @@ rule pretrain_base:
         L.log("benchmarks/pretrain_base.tsv")
     threads: workflow.cores
     run:
-        from opgrpo_stages.smk import rule_log
         from opgrpo_stages.stages.pretrain import pretrain
 
-        with rule_log(log[0]):
+        with X.rule_log(log[0]):
             pretrain(RUN_CFG[FIRST], output.weights, output.log_json)
 
 
@@ -205,10 +180,9 @@ rule embed_prompts:
         L.log("embed_prompts_{split}.log"),
     threads: workflow.cores
     run:
-        from opgrpo_stages.smk import rule_log
         from opgrpo_stages.stages.embed_prompts import embed_prompts
 
-        with rule_log(log[0]):
+        with X.rule_log(log[0]):
             embed_prompts(RUN_CFG[FIRST], prompts_path=input.prompts, out_embeddings=output[0])
 
 
@@ -253,10 +227,9 @@ rule init_policy:
     log:
         L.log("{run}/init_policy.log"),
     run:
-        from opgrpo_stages.smk import rule_log
         from opgrpo_stages.stages.init_policy import init_policy
 
-        with rule_log(log[0]):
+        with X.rule_log(log[0]):
             init_policy(RUN_CFG[wildcards.run], out_policy=output.policy, out_optimizer=output.optimizer,
                         out_buffer=output.buffer, out_buffer_table=output.buffer_table)
 
@@ -281,17 +254,15 @@ rule rollout:
         L.log("{run}/iter_{iter}/rollout.benchmark.tsv")
     threads: workflow.cores
     resources:
-        **{**stage_resources("rollout"), **dp_resources()},  # one GPU per rank, distributed.nodes nodes
+        **stage_resources("rollout", data_parallel=True),  # one GPU per rank, distributed.nodes nodes
     run:
-        from opgrpo_stages.smk import run_stage
         from opgrpo_stages.stages.rollout import rollout
-        from opgrpo_stages.storage import prune
 
-        run_stage("rollout", rollout, RUN_CFG[wildcards.run], K(wildcards), dict(
+        X.run_stage("rollout", rollout, RUN_CFG[wildcards.run], K(wildcards), dict(
             prompts_path=input.prompts, policy_path=input.policy, buffer_paths=tuple(input.buffer),
             out_trajectories=output.trajectories, out_samples=output.samples, out_images=output.images,
             embeddings_path=first_or_none(input.embeddings)), log[0])
-        prune(RUN_CFG[wildcards.run], K(wildcards))  # storage.prune: earlier iterations' big files
+        X.prune(RUN_CFG[wildcards.run], K(wildcards))  # earlier iterations' big files (storage settings)
 
 
 rule score:
@@ -311,10 +282,9 @@ rule score:
     benchmark:
         L.log("{run}/iter_{iter}/score.benchmark.tsv")
     run:
-        from opgrpo_stages.smk import run_stage
         from opgrpo_stages.stages.score import score
 
-        run_stage("score", score, RUN_CFG[wildcards.run], K(wildcards), dict(
+        X.run_stage("score", score, RUN_CFG[wildcards.run], K(wildcards), dict(
             images_path=input.images, samples_path=input.samples, out_rewards=output.rewards), log[0])
 
 
@@ -336,10 +306,9 @@ rule buffer_update:
     log:
         L.log("{run}/iter_{iter}/buffer_update.log"),
     run:
-        from opgrpo_stages.smk import rule_log
         from opgrpo_stages.stages.buffer_update import buffer_update
 
-        with rule_log(log[0]):
+        with X.rule_log(log[0]):
             buffer_update(RUN_CFG[wildcards.run], K(wildcards), buffer_paths=tuple(input.buffer),
                           trajectories_path=input.trajectories, samples_path=input.samples,
                           rewards_path=input.rewards, out_buffer=output.buffer, out_buffer_table=output.buffer_table)
@@ -367,12 +336,11 @@ rule policy_update:
         L.log("{run}/iter_{iter}/policy_update.benchmark.tsv")
     threads: workflow.cores
     resources:
-        **{**stage_resources("policy_update"), **dp_resources()},  # one GPU per rank, distributed.nodes nodes
+        **stage_resources("policy_update", data_parallel=True),  # one GPU per rank, distributed.nodes nodes
     run:
-        from opgrpo_stages.smk import run_stage
         from opgrpo_stages.stages.policy_update import policy_update
 
-        run_stage("policy_update", policy_update, RUN_CFG[wildcards.run], K(wildcards), dict(
+        X.run_stage("policy_update", policy_update, RUN_CFG[wildcards.run], K(wildcards), dict(
             policy_path=input.policy, optimizer_path=input.optimizer, trajectories_path=input.trajectories,
             samples_path=input.samples, rewards_path=input.rewards, out_policy=output.policy,
             out_optimizer=output.optimizer, out_metrics=output.metrics,
@@ -393,15 +361,14 @@ rule evaluate:
     group:
         eval_job  # not in the training job: training of the next iterations does not wait for it
     resources:
-        **{**stage_resources("evaluate"), **dp_resources()},  # on every rank, as training
+        **stage_resources("evaluate", data_parallel=True),  # on every rank, as training
     log:
         L.log("{run}/eval_{iter}.log"),
     threads: workflow.cores
     run:
-        from opgrpo_stages.smk import run_stage
         from opgrpo_stages.stages.evaluate import evaluate_stage
 
-        run_stage("evaluate", evaluate_stage, RUN_CFG[wildcards.run], K(wildcards), dict(
+        X.run_stage("evaluate", evaluate_stage, RUN_CFG[wildcards.run], K(wildcards), dict(
             prompts_path=input.prompts, policy_path=input.policy, optimizer_path=input.optimizer,
             out_table=output.table, out_grid=output.grid, embeddings_path=first_or_none(input.embeddings)), log[0])
 
@@ -422,10 +389,9 @@ rule evaluate_base:
         L.log("base/eval.log"),
     threads: workflow.cores
     run:
-        from opgrpo_stages.smk import rule_log
         from opgrpo_stages.stages.evaluate import evaluate
 
-        with rule_log(log[0]):  # once per experiment, on one GPU (its rule asks for one)
+        with X.rule_log(log[0]):  # once per experiment, on one GPU (its rule asks for one)
             evaluate(RUN_CFG[FIRST], prompts_path=input.prompts, policy_path=None, out_table=output.table,
                      out_grid=output.grid, embeddings_path=first_or_none(input.embeddings))
 
@@ -450,10 +416,9 @@ rule final_eval:  # Table 1/2 metrics of a run's intermediate or best checkpoint
         L.log("{run}/final_{checkpoint}.log"),
     threads: workflow.cores
     run:
-        from opgrpo_stages.smk import rule_log
         from opgrpo_stages.stages.final_eval import final_eval, final_eval_paths
 
-        with rule_log(log[0]):
+        with X.rule_log(log[0]):
             final_eval(RUN_CFG[wildcards.run], **final_eval_paths(RUN_CFG[wildcards.run], wildcards.run,
                                                                   wildcards.checkpoint))
 
@@ -475,10 +440,9 @@ rule final_eval_base:
         L.log("base/final.log"),
     threads: workflow.cores
     run:
-        from opgrpo_stages.smk import rule_log
         from opgrpo_stages.stages.final_eval import final_eval, final_eval_paths
 
-        with rule_log(log[0]):
+        with X.rule_log(log[0]):
             final_eval(RUN_CFG[FIRST], **final_eval_paths(RUN_CFG[FIRST], "base", "base"))
 
 
@@ -540,8 +504,7 @@ rule report:
     log:
         L.log("report_{exp}.log"),
     run:
-        from opgrpo_stages.smk import rule_log
         from opgrpo_stages.stages.report import report as make_report
 
-        with rule_log(log[0]):
+        with X.rule_log(log[0]):
             make_report(config, EXPERIMENTS[wildcards.exp], outputs=dict(output))

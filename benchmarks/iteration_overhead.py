@@ -5,7 +5,7 @@
 Runs the first iterations of one run of the embedded experiment (config.yaml, its committed base
 weights) through the code path of a cluster job: Snakemake with the local executor and
 ``--force-use-threads`` (what the job's own Snakemake runs with, profiles/slurm/job), in this
-process, so every stage is a thread of it. It times each stage (``smk.rule_log``) and, inside,
+process, so every stage is a thread of it. It times each stage (``execution.logs.rule_log``) and, inside,
 the model compute: backbone forwards (``velocity``), decodes, backward passes and reward
 inference. Fixed cost = stage wall time - model compute: file reads and writes, the policy
 swap into the resident model, planning, logging. Also measured: seconds per byte of the stage
@@ -87,7 +87,7 @@ def _file_size(args, _kwargs):
 def instrument(clock: Clock):
     import torch
 
-    from opgrpo_stages import smk
+    from opgrpo_stages.execution import logs
     from opgrpo_stages.backbones.tiny import TinyUNetBackbone
     from opgrpo_stages.formats import tables, tensorfile
     from opgrpo_stages.rewards import REWARDS
@@ -116,7 +116,7 @@ def instrument(clock: Clock):
         mod.write = write
 
     stages = []
-    rule_log = smk.rule_log
+    rule_log = logs.rule_log
 
     @contextlib.contextmanager
     def timed_rule_log(path):
@@ -128,7 +128,7 @@ def instrument(clock: Clock):
         model = clock.s["model"] - before.get("model", 0.0)
         stages.append((Path(path).stem, wall, model))
 
-    smk.rule_log = timed_rule_log
+    logs.rule_log = timed_rule_log
     return stages
 
 
@@ -137,7 +137,7 @@ def start_up():
     stage modules and the libraries they import on first use (pandas/pyarrow, torch.distributed)."""
     import importlib
 
-    from opgrpo_stages.smk import warm_imports
+    from opgrpo_stages.execution.logs import warm_imports
 
     warm_imports()
     for mod in ("pandas", "pyarrow.parquet", "torch.distributed", "safetensors.torch", "opgrpo_stages.geneval",
@@ -172,7 +172,7 @@ def main():
     import yaml
 
     from opgrpo_stages import layout as L
-    from opgrpo_stages import resident
+    from opgrpo_stages.execution import resident
 
     clock = Clock()
     stages = instrument(clock)

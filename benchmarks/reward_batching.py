@@ -11,7 +11,7 @@ of the same kind (fewer, larger kernels) but its size must be measured there.
 
 Part 2 is arithmetic at the preset's scale (default SD3.5-M GenEval: 48 prompts x 24 images,
 10 SDE steps, CFG): per iteration, rollout and update seconds from the counted TFLOP
-(opgrpo_stages/cluster.py) at ``--tflops`` per GPU, and the reward seconds of ``n`` images at
+(opgrpo_stages/execution/cluster.py) at ``--tflops`` per GPU, and the reward seconds of ``n`` images at
 ``cluster.reward_s_per_image`` (and at 2x and 4x that speed, what batching may give), on one GPU
 and sharded over P GPUs. "overlap <=" is what Flow-GRPO's reward thread could hide at most: all
 but the last sampling batch's reward, and only when the GPU has idle time to hide it in.
@@ -100,7 +100,7 @@ class PerImage:
 
 
 def part2(args) -> None:
-    from opgrpo_stages import cluster
+    from opgrpo_stages.execution import cluster
     from opgrpo_stages import config as C
 
     cfg_all = C.load(args.preset)

@@ -405,7 +405,8 @@ def configure(args, launcher=False):
 def rank_worker(args):
     """One rank of an N-rank run (started by torchrun): the phases on its share, its figures to
     ``--out``/rank<r>.json."""
-    from opgrpo_stages.distributed import SINGLE, data_parallel
+    from opgrpo_stages.execution.collectives import SINGLE
+    from opgrpo_stages.execution.distributed import data_parallel
 
     device = configure(args)
     cfg = {"runtime": {"device": device.type}}
@@ -549,7 +550,7 @@ def main(argv=None):
     t_start = time.perf_counter()
     bb, tcfg = build(args, device)
     busy = GpuBusy(bb, device)
-    from opgrpo_stages.distributed import SINGLE
+    from opgrpo_stages.execution.collectives import SINGLE
 
     bench_rollout(bb, tcfg, args, device, busy, SINGLE)
     bench_update(bb, tcfg, args, device, busy, SINGLE)

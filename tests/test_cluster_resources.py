@@ -1,4 +1,4 @@
-"""Slurm resources derived from the config (opgrpo_stages/cluster.py) and the presets' job sizes."""
+"""Slurm resources derived from the config (opgrpo_stages/execution/cluster.py) and the presets' job sizes."""
 
 import glob
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import yaml
 
-from opgrpo_stages import cluster
+from opgrpo_stages.execution import cluster
 from opgrpo_stages import config as C
 
 PRESETS = sorted(glob.glob("presets/*.yaml"))

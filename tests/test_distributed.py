@@ -1,5 +1,5 @@
 """Data parallel stages: ``rollout`` and ``policy_update`` on 2 resident CPU ranks (gloo; this test
-process is rank 0, ``opgrpo_stages/ranks.py`` starts the other) write the same files as one
+process is rank 0, ``opgrpo_stages/execution/ranks.py`` starts the other) write the same files as one
 process, each rank reads only its rows, and the Snakefile runs them on one process per rank.
 
 Rollout outputs are compared byte for byte: every sample has its own generator and each
@@ -87,7 +87,7 @@ def iteration1(tmp_path_factory):
 @pytest.fixture(scope="module", autouse=True)
 def _stop_ranks():
     yield
-    from opgrpo_stages import ranks
+    from opgrpo_stages.execution import ranks
 
     ranks.shutdown()
 
@@ -96,7 +96,7 @@ def _launch(stage, cfg, k, paths, log):
     """``stage`` on the 2 resident ranks (rank 0: this process); returns {rank: pid} from its logs."""
     import re
 
-    from opgrpo_stages import ranks
+    from opgrpo_stages.execution import ranks
     from opgrpo_stages.stages.policy_update import policy_update
     from opgrpo_stages.stages.rollout import rollout
 
@@ -164,7 +164,7 @@ def test_policy_update_two_processes_matches_one(iteration1, tmp_path):
 
 
 def test_shards_partition_the_items_in_order():
-    from opgrpo_stages.distributed import DataParallel
+    from opgrpo_stages.execution.collectives import DataParallel
 
     for n in range(0, 9):
         for world in (1, 2, 3, 4):
@@ -280,7 +280,7 @@ def test_a_dead_rank_fails_the_stage_and_the_next_stage_starts_fresh_ranks(itera
     import signal
     import time
 
-    from opgrpo_stages import ranks
+    from opgrpo_stages.execution import ranks
     from opgrpo_stages.stages.rollout import rollout
 
     wd, cfg = iteration1

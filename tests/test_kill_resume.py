@@ -7,7 +7,7 @@ after each kill the same command is run again. The final artifacts must be byte-
 those of an uninterrupted run, and no temporary file may be left behind. Pruning of old
 iterations' trajectories and images is on, so resuming across it is covered too.
 
-The kills come from the ``OPGRPO_FAULT`` hook (opgrpo_stages/faults.py). Every point lies on the
+The kills come from the ``OPGRPO_FAULT`` hook (opgrpo_stages/execution/faults.py). Every point lies on the
 dependency chain of the run, so each one is reached in its invocation whatever order Snakemake
 picks for independent jobs."""
 

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from opgrpo_stages import locks
+from opgrpo_stages.execution import locks
 
 
 def _dead_pid():

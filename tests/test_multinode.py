@@ -117,7 +117,7 @@ def test_torchrun_two_machines_on_loopback(one_process, two_ranks, tmp_path):
     for node_rank in (1, 0):
         cmd = ["timeout", "-k", "10", str(LIMIT_S), sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
                "--node_rank", str(node_rank), "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port",
-               str(port), "-m", "opgrpo_stages.ranks", "snakemake", *_snakemake_args(wd, REPO / "profiles/local")]
+               str(port), "-m", "opgrpo_stages.execution.ranks", "snakemake", *_snakemake_args(wd, REPO / "profiles/local")]
         log = open(tmp_path / f"node{node_rank}.out", "w")
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                        env={**os.environ, "PYTHONPATH": str(REPO)}), log))

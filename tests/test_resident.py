@@ -1,4 +1,4 @@
-"""The resident worker (opgrpo_stages/resident.py): stages that borrow the process's models write
+"""The resident worker (opgrpo_stages/execution/resident.py): stages that borrow the process's models write
 byte-identical files to stages that load their own, and the job builds the backbone once."""
 
 import hashlib
@@ -8,7 +8,7 @@ import pytest
 
 from opgrpo_stages import config as C
 from opgrpo_stages import layout as L
-from opgrpo_stages import resident
+from opgrpo_stages.execution import resident
 from opgrpo_stages.stages.buffer_update import buffer_update
 from opgrpo_stages.stages.evaluate import evaluate
 from opgrpo_stages.stages.init_policy import init_policy

@@ -1,5 +1,5 @@
 """``score`` and ``evaluate`` data parallel: on 2 resident CPU ranks (gloo; this process is rank 0,
-``opgrpo_stages/ranks.py`` starts the other, as a cluster job does) each process scores (and, in ``evaluate``, samples) its block of whole batches and the main
+``opgrpo_stages/execution/ranks.py`` starts the other, as a cluster job does) each process scores (and, in ``evaluate``, samples) its block of whole batches and the main
 process writes files byte-identical to the 1-process run's. The reward includes a model (tiny
 PickScore): its batches line up with the 1-process run's (``reward.batch_size`` units), so even
 its float scores are bit-identical. The split is uneven on purpose and the grid spans both blocks.
@@ -65,14 +65,14 @@ def setup(tmp_path_factory):
 @pytest.fixture(scope="module", autouse=True)
 def _stop_ranks():
     yield
-    from opgrpo_stages import ranks
+    from opgrpo_stages.execution import ranks
 
     ranks.shutdown()
 
 
 def _launch(stage, cfg, paths, log):
-    """``stage`` on 2 ranks through what its rule calls (smk.run_stage)."""
-    from opgrpo_stages.smk import run_stage
+    """``stage`` on 2 ranks through what its rule calls (execution.run_stage)."""
+    from opgrpo_stages.execution import run_stage
     from opgrpo_stages.stages.evaluate import evaluate_stage
     from opgrpo_stages.stages.score import score
 

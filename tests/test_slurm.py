@@ -145,7 +145,7 @@ def test_slurm_profile_packs_iterations_into_group_jobs(tmp_path, per_job, group
 
 @pytest.mark.slurm
 def test_slurm_jobs_are_resident_workers_and_evaluation_does_not_block_training(slurm, local_run, tmp_path):
-    from opgrpo_stages import cluster
+    from opgrpo_stages.execution import cluster
     from opgrpo_stages import config as C
 
     wd = _experiment(tmp_path / "wd")

@@ -1,4 +1,4 @@
-"""The linear group check (opgrpo_stages/smk_groups.py) finds exactly the groups Snakemake's own
+"""The linear group check (opgrpo_stages/execution/snakemake_patches.py) finds exactly the groups Snakemake's own
 quadratic check refuses: a group that depends on itself through a job outside it."""
 
 from types import SimpleNamespace
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 from snakemake_interface_common.exceptions import WorkflowError
 
-from opgrpo_stages.smk_groups import check_groups
+from opgrpo_stages.execution.snakemake_patches import check_groups
 
 
 class _Group:  # hashable by identity, as Snakemake's GroupJob

@@ -12,7 +12,7 @@ import yaml
 from conftest import tiny_config
 from opgrpo_stages import config as C
 from opgrpo_stages import layout as L
-from opgrpo_stages import storage
+from opgrpo_stages.execution import storage
 
 REPO = Path(__file__).resolve().parents[1]
 

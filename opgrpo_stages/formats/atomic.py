@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..faults import fault
+from ..execution import fault
 
 
 _UMASK = os.umask(0)  # read once at import (os.umask is process-wide; threads must not race on it)

@@ -85,7 +85,7 @@ def update_buffer(buf, candidates: list[dict], *, capacity: int, decay: float, m
 
 def buffer_update(cfg: dict, iteration: int, *, buffer_paths, trajectories_path, samples_path, rewards_path,
                   out_buffer, out_buffer_table) -> None:
-    from ..faults import fault
+    from ..execution import fault
     from ..formats import buffer as buffer_fmt
     from ..formats import header, tables, trajectories
     from .common import log, setup_torch

@@ -47,7 +47,7 @@ def load_backbone(cfg: dict, policy_path=None, embeddings_path=None, expect: dic
     ``embeddings_path``: the prompt embeddings file (real backbones; the tiny one ignores it).
     ``expect``: the policy file's required header (``formats.header.of(cfg, k)``).
 
-    Inside a resident worker (``opgrpo_stages.resident``: every stage of a cluster job, or of
+    Inside a resident worker (``opgrpo_stages.execution.resident``: every stage of a cluster job, or of
     ``profiles/local``, in one process) the base model is built once per process and key
     (model config, world, device, base-weights file) and lent to one stage at a time; each lend
     resets it to what a fresh build + policy load gives: the policy tensors (or the fresh build's
@@ -56,7 +56,7 @@ def load_backbone(cfg: dict, policy_path=None, embeddings_path=None, expect: dic
 
     from ..backbones import build_backbone
     from ..formats import policy as policy_fmt
-    from ..resident import lend, stamp
+    from ..execution import lend, stamp
 
     device = cfg["runtime"]["device"]
     key = (json.dumps(cfg["model"], sort_keys=True, default=str), json.dumps(cfg.get("world"), sort_keys=True,

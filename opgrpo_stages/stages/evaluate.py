@@ -50,11 +50,11 @@ def sample_eval_images(cfg: dict, backbone, prompts: list[dict], samples_per_pro
 
 def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, optimizer_path=None,
              embeddings_path=None) -> dict | None:
-    """Data parallel under a launcher (:mod:`opgrpo_stages.distributed`): each process samples and
+    """Data parallel under a launcher (:mod:`opgrpo_stages.execution.distributed`): each process samples and
     scores a block of whole sampling, decoding and reward batches; the main process gathers the
     columns (and the grid's images) in order, writes the files a single process writes and returns
     the summary (the others return None)."""
-    from ..distributed import data_parallel
+    from ..execution import data_parallel
 
     with data_parallel(cfg) as dp:
         return _evaluate(cfg, dp, prompts_path=prompts_path, policy_path=policy_path, out_table=out_table,
@@ -63,7 +63,7 @@ def evaluate(cfg: dict, *, prompts_path, policy_path, out_table, out_grid=None, 
 
 def evaluate_stage(cfg: dict, iteration: int, **paths) -> dict | None:
     """:func:`evaluate` with a stage's signature (``fn(cfg, iteration, **paths)``, what
-    ``smk.run_stage`` and the resident ranks call); the held-out evaluation has no iteration input."""
+    ``execution.run_stage`` and the resident ranks call); the held-out evaluation has no iteration input."""
     return evaluate(cfg, **paths)
 
 

@@ -130,7 +130,7 @@ def _train_chunk(backbone, cond, traj, chunk, steps, *, local=None, ref_logp, re
 
 def policy_update(cfg: dict, iteration: int, *, policy_path, optimizer_path, trajectories_path, samples_path,
                   rewards_path, out_policy, out_optimizer, out_metrics, embeddings_path=None) -> dict:
-    from ..distributed import data_parallel
+    from ..execution import data_parallel
 
     with data_parallel(cfg) as dp:
         return _policy_update(cfg, iteration, dp, policy_path=policy_path, optimizer_path=optimizer_path,
@@ -143,7 +143,7 @@ def _policy_update(cfg, iteration, dp, *, policy_path, optimizer_path, trajector
                    rewards_path, out_policy, out_optimizer, out_metrics, embeddings_path=None) -> dict:
     import pandas as pd
 
-    from ..faults import fault
+    from ..execution import fault
     from ..formats import policy as policy_fmt
     from ..formats import header, tables, trajectories
     from ..grpo import effective_sample_size, ema_update, group_advantages, nonzero_advantage_samples

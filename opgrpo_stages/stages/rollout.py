@@ -22,7 +22,7 @@ from ..formats import header
 from ..formats import images as images_fmt
 from ..formats import prompts as prompts_fmt
 from ..formats import tables, trajectories
-from ..faults import fault
+from ..execution import fault
 from ..sampling import per_sample_noise, sample_sde
 from ..sde import num_train_steps
 from ..seeding import derive_seed, numpy_rng
@@ -64,7 +64,7 @@ def plan_groups(cfg: dict, iteration: int, prompts: list[dict], buf) -> list[dic
 
 def rollout(cfg: dict, iteration: int, *, prompts_path, policy_path, buffer_paths, out_trajectories,
             out_samples, out_images, embeddings_path=None) -> None:
-    from ..distributed import data_parallel
+    from ..execution import data_parallel
 
     with data_parallel(cfg) as dp:
         _rollout(cfg, iteration, dp, prompts_path=prompts_path, policy_path=policy_path, buffer_paths=buffer_paths,

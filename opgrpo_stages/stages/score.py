@@ -45,7 +45,7 @@ def build_terms(cfg: dict, *, evaluation: bool = False) -> dict:
     """reward name -> Reward instance, from ``reward.terms`` and ``reward.options`` (``evaluation``:
     see build_term)."""
     from ..errors import ConfigError
-    from ..resident import lend
+    from ..execution import lend
     from ..rewards import REWARDS
 
     terms = {}
@@ -53,7 +53,7 @@ def build_terms(cfg: dict, *, evaluation: bool = False) -> dict:
         if name not in REWARDS:
             raise ConfigError(f"reward.terms: unknown reward {name!r}; known: {sorted(REWARDS)}")
         # the training reward: one instance per process and options inside a resident worker
-        # (opgrpo_stages/resident.py); final_eval's metrics are built per stage and freed after it
+        # (opgrpo_stages/execution/resident.py); final_eval's metrics are built per stage and freed after it
         opts = dict(cfg["reward"]["options"].get(name, {}))
         if evaluation:  # the same instance serves training and evaluation unless a training-only option is set
             opts = {k: v for k, v in opts.items() if k not in getattr(REWARDS[name], "training_only_options", ())}
@@ -103,10 +103,10 @@ def concat_columns(blocks: list[dict]) -> dict:
 
 
 def score(cfg: dict, iteration: int, *, images_path, samples_path, out_rewards) -> None:
-    """Data parallel under a launcher (:mod:`opgrpo_stages.distributed`): each process scores its
+    """Data parallel under a launcher (:mod:`opgrpo_stages.execution.distributed`): each process scores its
     block of whole ``reward.batch_size`` batches; the main process gathers the columns in order and
     writes the file a single process writes."""
-    from ..distributed import data_parallel
+    from ..execution import data_parallel
 
     with data_parallel(cfg) as dp:
         _score(cfg, iteration, dp, images_path=images_path, samples_path=samples_path, out_rewards=out_rewards)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from . import layout as L
+from .. import layout as L
 
 
 

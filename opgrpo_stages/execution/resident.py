@@ -2,7 +2,7 @@
 
 Inside a cluster job (and under ``profiles/local``) Snakemake runs every stage of the job as a
 thread of one process (``docs/architecture.md``, "Resident worker"). Within ``resident_models()``
-(opened by ``smk.rule_log`` around each stage) ``lend(kind, key, build)`` hands out an idle model
+(opened by ``logs.rule_log`` around each stage) ``lend(kind, key, build)`` hands out an idle model
 built earlier under the same key, or builds one; the stage holds it until the scope closes, so
 two stages running at once (buffer_update next to policy_update, two runs side by side) never
 share a model. Outside the scope (the ``opgrpo <stage>`` CLI, tests calling a stage) every call

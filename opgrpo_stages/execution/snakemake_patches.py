@@ -1,4 +1,10 @@
-"""A linear-time check of Snakemake's job groups, for long runs.
+"""Every change this package makes to Snakemake's internals, in one place (installed by the Snakefile
+through :func:`opgrpo_stages.execution.install_snakemake_patches`).
+
+1. Stages of a cluster job as threads of its one process (:func:`run_group_stages_in_threads`).
+2. A linear-time check of Snakemake's job groups, for long runs (:func:`install`).
+
+The group check:
 
 Snakemake (9.x) checks that no group depends on itself through jobs outside it by a depth-first
 search from every grouped job through all of its ancestors (``DAG._check_groups``, and a
@@ -66,3 +72,23 @@ def install() -> None:
     DAG._check_groups = check_groups
     DAG.validate_group = lambda self, group: None  # covered by check_groups, over all groups at once
     DAG._opgrpo_linear_groups = True
+
+
+def run_group_stages_in_threads() -> None:
+    """Make this Snakemake process's local executor run ``run:`` jobs as threads, as
+    ``--force-use-threads`` does. Called by the Snakefile only inside a cluster job (remote exec
+    mode), where the executor plugin interface (``RealExecutor.get_job_args``) leaves that flag off
+    for group jobs and no profile is read. Snakemake >= 9.20 (the Snakefile's min_version): its
+    local executor reads ``use_threads`` once, when it is created."""
+    from snakemake.executors import local
+
+    if getattr(local.Executor, "_opgrpo_threads", False):
+        return
+    created = local.Executor.__post_init__
+
+    def __post_init__(self):
+        created(self)
+        self.use_threads = True
+
+    local.Executor.__post_init__ = __post_init__
+    local.Executor._opgrpo_threads = True

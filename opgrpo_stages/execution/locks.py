@@ -41,7 +41,7 @@ def record_lock_owner() -> None:
         with contextlib.suppress(OSError, ValueError):
             claimed |= set(json.loads(f.read_text()))
     mine = {p.name: _identity(p) for p in _LOCKS.glob("*.lock") if p.name not in claimed}
-    from .formats.atomic import write_text
+    from ..formats.atomic import write_text
 
     write_text(_owner_file(), json.dumps(mine))
 

@@ -3,17 +3,17 @@
 With ``distributed.nodes`` x ``distributed.processes`` = W > 1, the process that runs Snakemake
 (a cluster job's, or ``profiles/local``'s) is rank 0. At the first data-parallel stage it starts
 ranks 1..W-1 (:func:`pool_for`), which stay up until Snakemake exits; each keeps its models in
-its own resident pool (``opgrpo_stages/resident.py``) across the job's stages and iterations,
+its own resident pool (``execution/resident.py``) across the job's stages and iterations,
 as rank 0 does. For every data-parallel stage rank 0 broadcasts ``(stage, run config,
 iteration, paths, log)`` and all ranks call the same stage function with their
-:class:`~opgrpo_stages.distributed.DataParallel` (:func:`run`); between stages the ranks wait
+:class:`~opgrpo_stages.execution.collectives.DataParallel` (:func:`run`); between stages the ranks wait
 on the next broadcast. How the ranks come to exist:
 
 - inside a Slurm job (``SLURM_JOB_ID``): one ``srun --overlap`` step over the job's nodes, W
   tasks, ``distributed.processes`` per node; task 0 (on the batch node, where rank 0 runs) exits
   at once. Rank 0's address is its node's ``NodeAddr`` (``scontrol show node``): node names
   need not resolve.
-- started by a launcher before Snakemake (``python -m opgrpo_stages.ranks snakemake ...`` under
+- started by a launcher before Snakemake (``python -m opgrpo_stages.execution.ranks snakemake ...`` under
   ``torchrun`` on every machine): rank 0 runs Snakemake in its process, the others serve;
   ``MASTER_ADDR``/``MASTER_PORT`` come from the launcher.
 - otherwise (this machine): W-1 subprocesses rendezvousing on 127.0.0.1.
@@ -38,11 +38,11 @@ import sys
 import threading
 from pathlib import Path
 
-from .errors import ConfigError, OpgrpoError
+from ..errors import ConfigError, OpgrpoError
 
 log = logging.getLogger("opgrpo")
 
-# stages that run on every rank (their rules call smk.run_stage, their functions take (cfg, iteration,
+# stages that run on every rank (their rules call execution.run_stage, their functions take (cfg, iteration,
 # **paths) and ask distributed.data_parallel for their share); the others run on rank 0 alone, as
 # with one process. A stage that shards (score, evaluate) joins by being listed here.
 STAGES = {
@@ -55,7 +55,7 @@ STAGES = {
 # evaluations under profiles/local): collectives must not time out there. A dead peer still
 # fails at once (its sockets close).
 IDLE_TIMEOUT = datetime.timedelta(days=7)
-RANK0_ENV = "OPGRPO_RANK0"  # set by `python -m opgrpo_stages.ranks` in the rank-0 process it launched
+RANK0_ENV = "OPGRPO_RANK0"  # set by `python -m opgrpo_stages.execution.ranks` in the rank-0 process it launched
 
 
 class RankError(OpgrpoError):
@@ -139,12 +139,12 @@ class Pool:
     def start(self) -> None:
         import torch.distributed as dist
 
-        from .distributed import DataParallel
+        from .collectives import DataParallel
 
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-        package_root = str(Path(__file__).resolve().parents[1])  # the ranks import this very package
+        package_root = str(Path(__file__).resolve().parents[2])  # the ranks import this very package
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        worker = [sys.executable, "-m", "opgrpo_stages.ranks", "serve", "--device", self.device]
+        worker = [sys.executable, "-m", "opgrpo_stages.execution.ranks", "serve", "--device", self.device]
         if os.environ.get(RANK0_ENV) == "1":  # the launcher started every rank already
             self.mode = "launcher"
             if int(os.environ.get("WORLD_SIZE", "1")) != self.world:
@@ -256,7 +256,7 @@ def run(stage: str, fn, cfg: dict, iteration: int, paths: dict, log_path) -> Non
     (rank 0, its log in ``log_path``) and the same stage on the other ranks (their logs in
     ``<log_path>.rank<r>``). Raises when any rank fails; the pool is then shut down."""
     global _POOL
-    from .smk import rule_log
+    from .logs import rule_log
 
     pool = pool_for(cfg)
     with pool.lock:
@@ -288,8 +288,8 @@ def serve(device: str, from_slurm: bool = False) -> int:
     global _SERVING
     import torch.distributed as dist
 
-    from .distributed import DataParallel
-    from .smk import rule_log
+    from .collectives import DataParallel
+    from .logs import rule_log
 
     if from_slurm:
         rank = int(os.environ["SLURM_PROCID"])
@@ -353,7 +353,7 @@ def _stop_waiting_ranks() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m opgrpo_stages.ranks snakemake ARGS...`` on every rank started by a launcher
+    """``python -m opgrpo_stages.execution.ranks snakemake ARGS...`` on every rank started by a launcher
     (torchrun): rank 0 runs Snakemake, the others serve its data-parallel stages.
     ``... serve``: a rank started by rank 0 itself (internal). ``OPGRPO_RANKS_DEVICE=cuda``
     when the runs train on GPUs (the device of the group before any config is read)."""
@@ -366,12 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             return _launch_snakemake(argv[1:])
         return serve(os.environ.get("OPGRPO_RANKS_DEVICE", "cpu"))
-    print("usage: python -m opgrpo_stages.ranks snakemake [snakemake arguments]  (under torchrun, every rank)",
+    print("usage: python -m opgrpo_stages.execution.ranks snakemake [snakemake arguments]  (under torchrun, every rank)",
           file=sys.stderr)
     return 2
 
 
 if __name__ == "__main__":  # through the package module: one copy of this module's state
-    from opgrpo_stages.ranks import main as _main
+    from opgrpo_stages.execution.ranks import main as _main
 
     sys.exit(_main())

@@ -1,5 +1,5 @@
-"""Glue for the Snakefile: per-rule log files for stages that run inside the Snakemake process,
-each in a resident-models scope (``opgrpo_stages/resident.py``)."""
+"""Per-rule log files for stages that run inside the Snakemake process (as threads), each in a
+resident-models scope (``execution/resident.py``)."""
 
 from __future__ import annotations
 
@@ -61,36 +61,3 @@ def rule_log(path):
     finally:
         logger.removeHandler(handler)
         handler.close()
-
-
-def run_stage(stage: str, fn, cfg: dict, iteration: int, paths: dict, log_path) -> None:
-    """A stage for its rule: ``fn(cfg, iteration, **paths)`` in this process; with
-    ``distributed.nodes`` x ``distributed.processes`` > 1 and a data-parallel stage, on every
-    rank of this process's resident ranks (``opgrpo_stages/ranks.py``), this process being rank 0."""
-    from . import ranks
-
-    if stage in ranks.STAGES and ranks.world_size(cfg) > 1:
-        ranks.run(stage, fn, cfg, iteration, paths, log_path)
-        return
-    with rule_log(log_path):
-        fn(cfg, iteration, **paths)
-
-
-def run_group_stages_in_threads() -> None:
-    """Make this Snakemake process's local executor run ``run:`` jobs as threads, as
-    ``--force-use-threads`` does. Called by the Snakefile only inside a cluster job (remote exec
-    mode), where the executor plugin interface (``RealExecutor.get_job_args``) leaves that flag off
-    for group jobs and no profile is read. Snakemake >= 9.20 (the Snakefile's min_version): its
-    local executor reads ``use_threads`` once, when it is created."""
-    from snakemake.executors import local
-
-    if getattr(local.Executor, "_opgrpo_threads", False):
-        return
-    created = local.Executor.__post_init__
-
-    def __post_init__(self):
-        created(self)
-        self.use_threads = True
-
-    local.Executor.__post_init__ = __post_init__
-    local.Executor._opgrpo_threads = True

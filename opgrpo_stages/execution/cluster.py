@@ -30,7 +30,7 @@ def _samples(cfg: dict) -> int:
 
 
 def _trained_steps(cfg: dict) -> int:
-    from .sde import num_train_steps
+    from ..sde import num_train_steps
 
     return num_train_steps(int(cfg["sampling"]["num_steps"]), float(cfg["train"]["timestep_fraction"]))
 
@@ -41,7 +41,7 @@ def heldout_images(cfg: dict) -> int:
     n = cfg["cluster"].get("heldout_prompts")
     ps = cfg["prompts"]["heldout"]
     if n is None and ps.get("source") == "packaged":
-        from .packaged_prompts import load
+        from ..packaged_prompts import load
 
         n = len(load(ps["name"]))
     if n is None:
@@ -123,3 +123,19 @@ def gpu_resources(cfg: dict, multi_node: bool) -> dict:
 
 def training_gres(cfg: dict) -> str:
     return f"gpu:{int(cfg['distributed']['processes'])}"
+
+
+def rule_resources(stage: str, cfg_of, multi_node: bool, data_parallel: bool = False) -> dict:
+    """A rule's ``resources:``, as callables of its wildcards (``cfg_of(run)`` gives the run's
+    config): runtime (minutes) and host memory of the stage (a group job sums its stages'
+    runtimes); with ``multi_node`` every training stage carries the same ``gres`` (a string
+    resource must agree across a group job's stages); ``data_parallel`` stages (on every rank)
+    ask one GPU per rank, on ``distributed.nodes`` nodes (:func:`gpu_resources`)."""
+    res = dict(runtime=lambda w: runtime_minutes(cfg_of(w.run), stage),
+               mem_mb=lambda w: mem_mb(cfg_of(w.run), stage))
+    if multi_node and stage != "evaluate":
+        res["gres"] = lambda w: training_gres(cfg_of(w.run))
+    if data_parallel:
+        keys = ("gpu", "nodes", "gres") if multi_node else ("gpu",)
+        res.update({k: (lambda w, k=k: gpu_resources(cfg_of(w.run), multi_node)[k]) for k in keys})
+    return res

@@ -1,0 +1,43 @@
+"""How stages are run: in-process threads, the resident model pool, data-parallel ranks, cluster
+resources, locks, storage pruning, fault injection and the Snakemake patches.
+
+Two interfaces, and nothing outside this package imports any other of its modules
+(``tests/test_architecture.py``):
+
+- this module, for stages and file formats: :func:`data_parallel`, :func:`fault`, :func:`lend`,
+  :func:`stamp`. Each is a thin function that imports its submodule when called, so importing it
+  costs nothing and cannot close an import circle.
+- :mod:`opgrpo_stages.execution.workflow`, for the Snakefile (and benchmarks): running a stage
+  for its rule, logs, locks, storage pruning, cluster resources, the Snakemake patches.
+"""
+
+from __future__ import annotations
+
+
+def data_parallel(cfg: dict):
+    """Context manager: this stage's :class:`~opgrpo_stages.execution.collectives.DataParallel`
+    (its share of the work, gathers, gradient sums); a single process outside any pool."""
+    from .distributed import data_parallel as _data_parallel
+
+    return _data_parallel(cfg)
+
+
+def fault(*parts) -> None:
+    """A fault-injection point (``OPGRPO_FAULT``, tests only; ``execution/faults.py``)."""
+    from .faults import fault as _fault
+
+    _fault(*parts)
+
+
+def lend(kind: str, key: tuple, build):
+    """A model from this process's resident pool (or ``build()`` outside a stage scope)."""
+    from .resident import lend as _lend
+
+    return _lend(kind, key, build)
+
+
+def stamp(path):
+    """(path, mtime, size) of a file that keys a resident model; None for no file."""
+    from .resident import stamp as _stamp
+
+    return _stamp(path)
