@@ -72,7 +72,7 @@ def _stop_ranks():
 
 def _launch(stage, cfg, paths, log):
     """``stage`` on 2 ranks through what its rule calls (execution.run_stage)."""
-    from opgrpo_stages.execution import run_stage
+    from opgrpo_stages.execution.workflow import run_stage
     from opgrpo_stages.stages.evaluate import evaluate_stage
     from opgrpo_stages.stages.score import score
 
