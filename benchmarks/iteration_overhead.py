@@ -140,7 +140,7 @@ def start_up():
     from opgrpo_stages.execution.logs import warm_imports
 
     warm_imports()
-    for mod in ("pandas", "pyarrow.parquet", "torch.distributed", "safetensors.torch", "opgrpo_stages.geneval",
+    for mod in ("pandas", "pyarrow.parquet", "torch.distributed", "safetensors.torch", "opgrpo_stages.geneval.models",
                 *(f"opgrpo_stages.stages.{s}" for s in ("init_policy", "rollout", "score", "buffer_update",
                                                         "policy_update", "evaluate"))):
         importlib.import_module(mod)

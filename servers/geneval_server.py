@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """GenEval evaluator server: the official GenEval models in GenEval's own environment
 (servers/requirements-geneval.txt), scored by the project's rule module
-``opgrpo_stages/geneval.py`` unchanged (strict verdict + Flow-GRPO partial credit).
+``opgrpo_stages/geneval/rules.py`` unchanged (strict verdict + Flow-GRPO partial credit).
 
 Models, as djghosh13/geneval ``evaluation/evaluate_images.py``: mmdetection 2.x Mask2Former
 (config ``configs/mask2former/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.py`` of the mmdet 2.x
@@ -23,9 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serve as S  # noqa: E402  (also puts the repository root on sys.path)
 
-from opgrpo_stages import geneval as G  # noqa: E402
+from opgrpo_stages.geneval import rules as G  # noqa: E402
 from opgrpo_stages.evaluators import protocol as P  # noqa: E402
-from opgrpo_stages.geneval_models import (COLORS, MASK2FORMER_CONFIG, OBJECT_NAMES, TEMPLATES,  # noqa: E402
+from opgrpo_stages.geneval.models import (COLORS, MASK2FORMER_CONFIG, OBJECT_NAMES, TEMPLATES,  # noqa: E402
                                           Mask2FormerDetector, masked_crop)
 
 TOOL = "geneval"

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serve as S  # noqa: E402
 
 from opgrpo_stages.evaluators import protocol as P  # noqa: E402
-from opgrpo_stages.geneval import Detection  # noqa: E402
+from opgrpo_stages.geneval.rules import Detection  # noqa: E402
 from opgrpo_stages.t2i_compbench import CATEGORIES, NEEDS, T2ICompBench  # noqa: E402
 
 TOOL = "t2i_compbench"

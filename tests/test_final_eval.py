@@ -73,7 +73,7 @@ def test_final_eval_scores_available_metrics_and_marks_the_rest(base_eval):
     out = final_eval(base_eval, **final_eval_paths(base_eval, "base", "base"))["table"]
     t = out.set_index(["table", "metric"])
     ev = tables.read(L.eval_table("base", 0), "eval")
-    from opgrpo_stages.geneval import summarize
+    from opgrpo_stages.geneval.rules import summarize
 
     assert t.loc[("table1", "GenEval"), "value"] == pytest.approx(summarize(list(ev["tag"]),
                                                                             list(ev["correct"]))["overall"])

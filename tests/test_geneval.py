@@ -1,14 +1,14 @@
 """GenEval strict rule + Flow-GRPO partial credit on hand-built detections.
 
 Expected rewards are hand-computed from the term list documented in
-opgrpo_stages/geneval.py (mean of per-include terms).
+opgrpo_stages/geneval/rules.py (mean of per-include terms).
 """
 
 import numpy as np
 import pytest
 
-from opgrpo_stages.geneval import (DETECTORS, Detection, build_detector, evaluate_image,
-                                   filter_detections, relative_position, summarize)
+from opgrpo_stages.geneval.backends import build_detector, detectors
+from opgrpo_stages.geneval.rules import Detection, evaluate_image, filter_detections, relative_position, summarize
 from opgrpo_stages.rewards import REWARDS, Reward, build_reward
 
 
@@ -188,7 +188,7 @@ def test_summarize_mean_of_tag_means():
 
 
 def test_registries():
-    assert "embedded" in DETECTORS and "geneval" in REWARDS
+    assert "embedded" in detectors() and "geneval" in REWARDS
     with pytest.raises(ValueError, match="embedded"):
         build_detector("mask2former_typo")
     with pytest.raises(ValueError, match="geneval"):
@@ -231,7 +231,7 @@ def test_position_every_counted_object_against_every_target():
 
 
 def test_masked_crop_pastes_object_over_grey_and_crops_to_box():
-    from opgrpo_stages.geneval_models import masked_crop
+    from opgrpo_stages.geneval.models import masked_crop
 
     img = np.zeros((20, 30, 3), np.uint8)
     img[..., 0] = 200
@@ -257,8 +257,8 @@ def test_clip_color_classifier_is_zero_shot_argmax_over_templates(tiny_clip_dir)
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    from opgrpo_stages.geneval import build_color_classifier
-    from opgrpo_stages.geneval_models import COLORS, masked_crop
+    from opgrpo_stages.geneval.backends import build_color_classifier
+    from opgrpo_stages.geneval.models import COLORS, masked_crop
 
     clf = build_color_classifier("clip", path=str(tiny_clip_dir))
     rng = np.random.default_rng(0)
@@ -487,7 +487,7 @@ def _upstream_jpeg(image):
 
 
 def test_geneval_reward_jpeg_roundtrip_as_upstream_and_training_only(monkeypatch):
-    from opgrpo_stages import geneval as G
+    from opgrpo_stages.geneval import backends as G
     from opgrpo_stages.stages.score import build_term
 
     seen = []

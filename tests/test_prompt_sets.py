@@ -8,18 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from opgrpo_stages import geneval_prompts as G
-from opgrpo_stages import packaged_prompts as P
+from opgrpo_stages.geneval import prompts as G
+from opgrpo_stages.prompts import packaged as P
 from opgrpo_stages.errors import ArtifactError, ConfigError
 from opgrpo_stages.formats import prompts as prompts_fmt
 
-# sha256 of the upstream files in shared/data (djghosh13/geneval, yifan123/flow_grpo), recorded when copied
+# sha256 of the upstream files in shared/data (djghosh13/geneval, yifan123/flow_grpo), recorded when copied;
+# paths under opgrpo_stages/, each set's LICENSE and PROVENANCE.md in its first two folders
 SHA256 = {
-    "geneval/evaluation_metadata.jsonl": "5c48e0813e812e3c373fa5c8ed07a8f0a483be30272b4427b0559c8048e67c13",
-    "flow_grpo/geneval/test_metadata.jsonl": "cec4b24b9fee7bac21c8f787054ecc8dc9ff831674037713a4cd35e0f0a74a28",
-    "flow_grpo/geneval_unseen_objects/test_metadata.jsonl":
+    "geneval/data/evaluation_metadata.jsonl": "5c48e0813e812e3c373fa5c8ed07a8f0a483be30272b4427b0559c8048e67c13",
+    "data/flow_grpo/geneval/test_metadata.jsonl": "cec4b24b9fee7bac21c8f787054ecc8dc9ff831674037713a4cd35e0f0a74a28",
+    "data/flow_grpo/geneval_unseen_objects/test_metadata.jsonl":
         "174536b49af23b0e2abc4e3215fce5d375de13d6040a50642709240a76dc1a24",
-    "flow_grpo/ocr/test.txt": "4dd8caf3ab6ade73bd376c7d14c6ca49b6eacfb1bd321e22c40714ae4a98d4dc",
+    "data/flow_grpo/ocr/test.txt": "4dd8caf3ab6ade73bd376c7d14c6ca49b6eacfb1bd321e22c40714ae4a98d4dc",
 }
 COUNTS = {"geneval": 553, "flow_grpo_geneval": 2212, "geneval_unseen": 1024, "ocr_test": 1018,
           **{f"t2i_compbench_{c}": 300 for c in P.T2I_COMPBENCH_CATEGORIES}}
@@ -37,10 +38,10 @@ def _shape(meta: dict):
 
 @pytest.mark.parametrize("rel", sorted(SHA256))
 def test_shipped_files_are_the_upstream_files(rel):
-    assert hashlib.sha256((P.DATA / rel).read_bytes()).hexdigest() == SHA256[rel]
-    folder = (P.DATA / rel).parts[len(P.DATA.parts)]
-    assert (P.DATA / folder / "LICENSE").read_text().startswith("MIT License")
-    assert Path(rel).name in (P.DATA / folder / "PROVENANCE.md").read_text()
+    assert hashlib.sha256((P.ROOT / rel).read_bytes()).hexdigest() == SHA256[rel]
+    folder = P.ROOT.joinpath(*Path(rel).parts[:2])
+    assert (folder / "LICENSE").read_text().startswith("MIT License")
+    assert Path(rel).name in (folder / "PROVENANCE.md").read_text()
 
 
 @pytest.mark.parametrize("name", sorted(COUNTS))
@@ -76,7 +77,7 @@ def test_t2i_compbench_sets_are_tagged_with_their_category():
 def test_schema_names_every_packaged_set():
     import yaml
 
-    schema = yaml.safe_load((P.DATA.parent / "schemas" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load((P.ROOT / "schemas" / "config.schema.yaml").read_text())
     assert set(schema["definitions"]["prompt_set"]["properties"]["name"]["enum"]) == set(P.PACKAGED)
 
 

@@ -95,7 +95,7 @@ def test_deqa_batched_equals_batch_one(tmp_path, images, prompts):
 def _world_scenes(n=24, seed=0):
     """Rendered scenes of colour, colour-attribute and position prompts, with the embedded detector's
     detections (masks included) and sometimes an object dropped or duplicated, so counts differ."""
-    from opgrpo_stages.geneval import build_detector
+    from opgrpo_stages.geneval.backends import build_detector
     from opgrpo_stages.world import WorldSpec, generate_prompts, render_batch
 
     world = {"object_size": 9}
@@ -132,7 +132,7 @@ class _Oracle:
 def test_evaluate_images_batched_colours_equal_per_image_rules():
     """The two-pass scorer (record the colour questions, answer them in one batch, score) gives the
     per-image rule's verdicts, asking each object at most once in a single call."""
-    from opgrpo_stages import geneval as G
+    from opgrpo_stages.geneval import rules as G
 
     for seed in range(3):
         _, metas, imgs, dets = _world_scenes(seed=seed)
@@ -149,7 +149,7 @@ def test_evaluate_images_batched_colours_equal_per_image_rules():
 def test_geneval_clip_colours_batched_across_images(tmp_path):
     """The CLIP colour classifier runs the crops of all images ``batch_size`` at a time (it ran one
     forward per image before) and the scores equal batch size 1 and the per-image path."""
-    from opgrpo_stages import geneval as G
+    from opgrpo_stages.geneval import rules as G
     from opgrpo_stages.stages.score import build_term
 
     d = tiny_clip(tmp_path / "clip", projection_dim=16, seed=3)

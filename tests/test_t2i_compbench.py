@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from opgrpo_stages.geneval import Detection
+from opgrpo_stages.geneval.rules import Detection
 from opgrpo_stages.t2i_compbench import CATEGORIES, T2ICompBench, benchmark_prompts, load_prompts
 from opgrpo_stages.t2i_compbench import rules as R
 

@@ -8,13 +8,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from opgrpo_stages.geneval import evaluate_image, summarize
+from opgrpo_stages.geneval.rules import evaluate_image, summarize
 from opgrpo_stages.world import (GENEVAL_TAGS, EmbeddedColorClassifier, EmbeddedDetector, WorldSpec,
                                  enumerate_prompt_space, generate_prompts, parse_prompt, render,
                                  render_batch, shape_mask)
 
 SPEC = WorldSpec()
-OFFICIAL = str(Path(__file__).resolve().parents[1] / "opgrpo_stages/data/geneval/evaluation_metadata.jsonl")  # shipped copy
+OFFICIAL = str(Path(__file__).resolve().parents[1] / "opgrpo_stages/geneval/data/evaluation_metadata.jsonl")  # shipped copy
 
 # ---------------------------------------------------------------- spec
 

@@ -41,7 +41,7 @@ def heldout_images(cfg: dict) -> int:
     n = cfg["cluster"].get("heldout_prompts")
     ps = cfg["prompts"]["heldout"]
     if n is None and ps.get("source") == "packaged":
-        from ..packaged_prompts import load
+        from ..prompts.packaged import load
 
         n = len(load(ps["name"]))
     if n is None:

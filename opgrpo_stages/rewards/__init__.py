@@ -1,4 +1,4 @@
-"""Reward registry: every reward maps a batch to named float64 columns.
+"""Rewards: the base class and registry (``base``) and the built-in rewards, registered on import.
 
 A uniform ``score(images, prompts, metadata) -> {name: (N,) float64}`` lets the
 trainer log every column and optimise the first, whatever the backend; ``needs``
@@ -7,55 +7,16 @@ tells callers which inputs a reward reads so they can skip building the rest.
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from .base import REWARDS, Reward, build_reward, register_reward
 
-import numpy as np
-
-from ..registry import builder, registrar
-
-
-class Reward:
-    """Base class. Subclasses set ``name``/``needs`` and implement ``score``;
-    the first column returned is the reward itself, the others diagnostics."""
-
-    name: ClassVar[str] = ""
-    needs: ClassVar[tuple[str, ...]] = ("images", "prompts", "metadata")
-    # True when the constructor takes ``device``; the score stage then defaults it to runtime.device
-    uses_device: ClassVar[bool] = False
-    # True when the constructor takes ``batch_size`` (images per model forward); the score stage then
-    # defaults it to reward.batch_size
-    batched: ClassVar[bool] = False
-    # options that model the training reward only (e.g. geneval's JPEG step); the held-out
-    # evaluation builds the reward without them (opgrpo_stages.stages.score.build_term)
-    training_only_options: ClassVar[tuple[str, ...]] = ()
-
-    def score(self, images: np.ndarray, prompts: list[str], metadata: list[dict]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-    def __call__(self, images, prompts, metadata) -> dict[str, np.ndarray]:
-        return self.score(images, prompts, metadata)
-
-
-REWARDS: dict[str, Callable[..., Reward]] = {}
-_register = registrar(REWARDS, "reward")
-build_reward = builder(REWARDS, "reward")
-
-
-def register_reward(name: str):
-    """Class decorator: ``@register_reward("x")`` makes ``build_reward("x", ...)`` work."""
-    def deco(cls):
-        cls.name = name
-        return _register(name)(cls)
-    return deco
-
-
-from . import geneval as _geneval  # noqa: E402,F401  (registers "geneval")
-from . import simple as _simple  # noqa: E402,F401  (registers "brightness")
-from . import ocr as _ocr  # noqa: E402,F401
-from . import clip_rewards as _clip_rewards  # noqa: E402,F401
-from . import unifiedreward as _unifiedreward  # noqa: E402,F401
-from . import deqa as _deqa  # noqa: E402,F401
-from . import imagereward as _imagereward  # noqa: E402,F401
-from . import t2i_compbench as _t2i_compbench  # noqa: E402,F401  (registers "t2i_compbench")
+# the built-in rewards register themselves on import
+from . import geneval as _geneval  # noqa: F401  (registers "geneval")
+from . import simple as _simple  # noqa: F401  (registers "brightness")
+from . import ocr as _ocr  # noqa: F401
+from . import clip_rewards as _clip_rewards  # noqa: F401
+from . import unifiedreward as _unifiedreward  # noqa: F401
+from . import deqa as _deqa  # noqa: F401
+from . import imagereward as _imagereward  # noqa: F401
+from . import t2i_compbench as _t2i_compbench  # noqa: F401  (registers "t2i_compbench")
 
 __all__ = ["Reward", "REWARDS", "register_reward", "build_reward"]

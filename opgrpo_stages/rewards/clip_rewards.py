@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from . import Reward, register_reward
+from .base import Reward, register_reward
 from ._models import batches, check_images, pooled, require_path, to_host, to_pil
 
 AESTHETIC_HEAD = Path(__file__).resolve().parent.parent / "data" / "aesthetic" / "sac+logos+ava1-l14-linearMSE.pth"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Reward, register_reward
+from .base import Reward, register_reward
 from ._models import batches, check_images, require_path
 
 LEVELS = ("excellent", "good", "fair", "poor", "bad")

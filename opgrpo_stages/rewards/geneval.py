@@ -1,7 +1,7 @@
 """GenEval reward: Flow-GRPO partial credit (trained on) + strict 0/1 (logged).
 
 Detector and colour classifier are looked up by name in
-:mod:`opgrpo_stages.geneval`'s registries, so switching the synthetic world for
+:mod:`opgrpo_stages.geneval.backends`' registries, so switching the synthetic world for
 the real benchmark is a config change (``detector="embedded"`` -> Mask2Former).
 
 ``jpeg_quality``: Flow-GRPO's training reward JPEG-encodes every image before its GenEval server
@@ -18,8 +18,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .. import geneval as G
-from . import Reward, register_reward
+from ..geneval.backends import build_color_classifier, build_detector
+from ..geneval.rules import evaluate_images
+from .base import Reward, register_reward
 
 
 @register_reward("geneval")
@@ -37,7 +38,7 @@ class GenevalReward(Reward):
         classifier (``embedded``, ``clip``) built with ``color_classifier_kwargs``; None uses the
         colours the detector attaches. ``detector``: ``embedded`` or ``mask2former`` (built with
         ``detector_kwargs``: checkpoint, config, device). ``eval_kwargs``
-        go to :func:`opgrpo_stages.geneval.evaluate_image` (thresholds, quirk flag, tie order).
+        go to :func:`opgrpo_stages.geneval.rules.evaluate_image` (thresholds, quirk flag, tie order).
         ``jpeg_quality``: JPEG round trip before detection (module doc), None for raw pixels.
         ``batch_size``: images per detector forward and crops per colour-classifier forward of the
         model backends ``mask2former`` and ``clip`` (``reward.batch_size`` in a stage), unless their
@@ -58,7 +59,7 @@ class GenevalReward(Reward):
             kw.setdefault("spec", world)
         elif detector == "mask2former":
             kw.setdefault("batch_size", batch_size)
-        self.detector = G.build_detector(detector, **kw)
+        self.detector = build_detector(detector, **kw)
         if detector == "mask2former" and color_classifier is None:
             from ..errors import ConfigError
 
@@ -73,7 +74,7 @@ class GenevalReward(Reward):
                 ckw.setdefault("spec", world)
             elif color_classifier == "clip":
                 ckw.setdefault("batch_size", batch_size)
-            self.color_classifier = G.build_color_classifier(color_classifier, **ckw)
+            self.color_classifier = build_color_classifier(color_classifier, **ckw)
         self.eval_kwargs = eval_kwargs
 
     def score(self, images, prompts, metadata) -> dict[str, np.ndarray]:
@@ -83,7 +84,7 @@ class GenevalReward(Reward):
         if self.jpeg_quality is not None:
             images = jpeg_roundtrip(images, self.jpeg_quality)
         dets = self.detector.detect(images)
-        scores = G.evaluate_images(metadata, dets, images, self.color_classifier, **self.eval_kwargs)
+        scores = evaluate_images(metadata, dets, images, self.color_classifier, **self.eval_kwargs)
         partial = np.array([s.reward for s in scores], np.float64)
         strict = np.array([float(s.correct) for s in scores], np.float64)
         # the first column is the term's value (score.score_images)

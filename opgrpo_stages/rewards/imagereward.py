@@ -21,7 +21,7 @@ import re
 
 import numpy as np
 
-from . import Reward, register_reward
+from .base import Reward, register_reward
 from ._models import batches, check_images, require_path, to_host
 
 MEAN, STD = 0.16717362830052426, 1.0333394966054072

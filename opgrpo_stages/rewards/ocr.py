@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Reward, register_reward
+from .base import Reward, register_reward
 from ._models import check_images, require_module, require_path
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from . import Reward
+from .base import Reward
 
 # reward name -> (tool, first column, {sub-score: column})
 REMOTE_TOOLS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Reward, register_reward
+from .base import Reward, register_reward
 
 
 @register_reward("brightness")

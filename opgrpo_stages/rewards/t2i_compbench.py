@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from . import Reward, register_reward
+from .base import Reward, register_reward
 
 
 @register_reward("t2i_compbench")

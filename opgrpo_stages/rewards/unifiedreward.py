@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import ModelPathError
-from . import Reward, register_reward
+from .base import Reward, register_reward
 from ._models import check_images
 
 RUBRIC = (

@@ -86,7 +86,7 @@ def _evaluate(cfg: dict, dp, *, prompts_path, policy_path, out_table, out_grid=N
     from ..formats import images as images_fmt
     from ..formats import prompts as prompts_fmt
     from ..formats import tables
-    from ..geneval import summarize
+    from ..geneval.rules import summarize
     from .common import setup_torch
     from ..rewards.remote import identities
     from .score import block_rows, build_terms, concat_columns, gather_blocks, score_images

@@ -35,7 +35,7 @@ def task_metric_name(cfg: dict) -> str:
 def task_score(cfg: dict, df) -> float:
     """Held-out task score of an ``eval`` table (see module doc)."""
     if "geneval" in cfg["reward"]["terms"]:
-        from ..geneval import summarize
+        from ..geneval.rules import summarize
 
         return float(summarize(list(df["tag"]), list(df["correct"]))["overall"])
     return float(df["reward"].mean())

@@ -1,91 +1,14 @@
 """Stage ``prompts``: the train and held-out prompt sets (JSON Lines, GenEval metadata + id).
 
-``source: embedded`` draws them from the embedded world with a seed. The held-out prompts of a
-tag are excluded from the train set whenever at least half of that tag's prompt space remains
-for training (two_object, position, color_attr, ... in the default world); tags with only a
-handful of distinct prompts (single_object has one per shape) are shared, and held-out images
-differ from training ones by their fixed evaluation noise. ``source: file`` copies
-and validates a user's JSON Lines file (e.g. GenEval's ``evaluation_metadata.jsonl``) or, with
-``format: text``, a plain-text list (one prompt per line, as Flow-GRPO's OCR and PickScore sets).
-``source: packaged`` selects a shipped set by ``name`` (opgrpo_stages.packaged_prompts);
-``source: geneval_generated`` draws ``n`` GenEval-style training prompts with ``seed``, none
-equivalent to a GenEval test prompt (opgrpo_stages.geneval_prompts)."""
+Where the records come from (``prompts.<set>.source``: embedded, file, packaged,
+geneval_generated) is opgrpo_stages/prompts/sources.py; the file format is
+opgrpo_stages/formats/prompts.py."""
 
 from __future__ import annotations
 
-from ..errors import ArtifactError, ConfigError
 from ..formats import prompts as prompts_fmt
-
-
-def _embedded(cfg: dict, which: str, exclude=frozenset()) -> list[dict]:
-    from ..world import WorldSpec, generate_prompts
-
-    pc = cfg["prompts"][which]
-    spec = WorldSpec.from_dict(cfg["world"])
-    items = generate_prompts(spec, pc.get("n", 256), pc.get("seed", 0), exclude_prompts=exclude)
-    return [{**m, "id": f"{which}-{i:05d}"} for i, m in enumerate(items)]
+from ..prompts import sources
 
 
 def make_prompts(cfg: dict, which: str, out_path) -> None:
-    if which == "t2i_compbench":  # Table 2's benchmark prompts, for backbones that embed prompts once
-        from ..t2i_compbench import benchmark_prompts
-
-        tc = cfg["eval"]["t2i_compbench"]
-        prompts_fmt.write(out_path, benchmark_prompts(tc["categories"], tc["prompts_per_category"]))
-        return
-    if which not in ("train", "heldout"):
-        raise ConfigError(f"prompts: unknown prompt set {which!r}; expected 'train', 'heldout' or 't2i_compbench'")
-    pc = cfg["prompts"].get(which) or {"source": "embedded"}
-    source = pc.get("source", "embedded")
-    if source == "file":
-        items = _from_file(pc, which)
-    elif source == "packaged":
-        from ..packaged_prompts import load
-
-        if not pc.get("name"):
-            raise ConfigError(f"prompts.{which}: source 'packaged' needs a 'name'")
-        items = load(pc["name"])
-    elif source == "geneval_generated":
-        from ..geneval_prompts import TRAIN_TAGS, generate
-
-        gen = generate(pc.get("n", 256), pc.get("seed", 0), pc.get("tags") or TRAIN_TAGS)
-        items = [{**m, "id": f"{which}-{i:05d}"} for i, m in enumerate(gen)]
-    else:
-        exclude = frozenset()
-        if which == "train" and (cfg["prompts"].get("heldout") or {}).get("source", "embedded") == "embedded":
-            exclude = held_out_exclusions(cfg)
-        items = _embedded(cfg, which, exclude)
-    prompts_fmt.write(out_path, items)
-
-
-def _from_file(pc: dict, which: str) -> list[dict]:
-    if "path" not in pc:
-        raise ConfigError(f"prompts.{which}: source 'file' needs a 'path'")
-    fmt = pc.get("format", "jsonl")
-    if fmt == "text":
-        return prompts_fmt.read_text(pc["path"])
-    try:
-        return prompts_fmt.read(pc["path"])
-    except ArtifactError as exc:
-        if str(pc["path"]).endswith(".txt") and "not valid JSON" in str(exc):
-            raise ConfigError(f"prompts.{which}: {exc}; a plain-text prompt list (one prompt per line) needs "
-                              f"'format: text' beside 'path'") from None
-        raise
-
-
-def held_out_exclusions(cfg: dict) -> frozenset:
-    """Held-out prompts to keep out of training: those of every tag that can spare them."""
-    from ..world import WorldSpec, enumerate_prompt_space
-
-    spec = WorldSpec.from_dict(cfg["world"])
-    space: dict[str, set] = {}
-    for m in enumerate_prompt_space(spec):
-        space.setdefault(m["tag"], set()).add(m["prompt"])
-    held: dict[str, set] = {}
-    for m in _embedded(cfg, "heldout"):
-        held.setdefault(m["tag"], set()).add(m["prompt"])
-    out = set()
-    for tag, prompts in held.items():
-        if len(space.get(tag, ())) - len(prompts) >= len(space.get(tag, ())) / 2:
-            out |= prompts
-    return frozenset(out)
+    prompts_fmt.write(out_path, sources.records(cfg, which))

@@ -81,7 +81,7 @@ class T2ICompBench:
         self._errors: dict[str, str] = {}
 
     def _build(self, role: str):
-        from .. import geneval as G
+        from ..geneval import backends as G
         from . import backends as B
 
         o = self._opts
@@ -94,7 +94,7 @@ class T2ICompBench:
                 from ..errors import ModelPathError
 
                 raise ModelPathError(f"{B.KEY}.detector is not set: the name of a registered detector "
-                                     f"(known: {sorted(G.DETECTORS)}) with its detector_kwargs")
+                                     f"(known: {sorted(G.detectors())}) with its detector_kwargs")
             return G.build_detector(o["detector"], **o["detector_kwargs"])
         if role == "depth":
             kw = {"path": o["depth_path"], "device": o["device"], **o["depth_kwargs"]}

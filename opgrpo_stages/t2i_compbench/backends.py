@@ -4,7 +4,7 @@
 * :class:`ClipSimilarity`: transformers ``CLIPModel`` + ``CLIPProcessor`` (upstream: ViT-B/32).
 * depth estimators by name (:data:`DEPTH_ESTIMATORS`; ``"dpt"``: transformers
   ``AutoModelForDepthEstimation``, upstream uses DPT-Hybrid); objects come from the detector
-  registry of :mod:`opgrpo_stages.geneval` (upstream: UniDet), so any registered detector works.
+  registry of :mod:`opgrpo_stages.geneval.backends` (upstream: UniDet), so any registered detector works.
 
 A missing path raises :class:`~opgrpo_stages.errors.ModelPathError` naming the config key.
 """

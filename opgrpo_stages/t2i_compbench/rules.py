@@ -49,7 +49,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..geneval import Detection
+from ..geneval.rules import Detection
 
 PERSON_WORDS = ("girl", "boy", "man", "woman")
 SPATIAL_2D = ("on side of", "next to", "near", "on the left of", "on the right of", "on the bottom of",

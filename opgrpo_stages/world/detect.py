@@ -14,7 +14,8 @@ shaped to mean the same thing against GenEval's cuts (0.3 keep, 0.9 counting):
   rendered shape; ragged/blurred blobs drop below 0.9 (lost for counting),
   badly wrong ones (merged objects, fragments) below 0.3.
 
-Boxes are (x1, y1, x2, y2) with x2/y2 EXCLUSIVE (see ``Detection``).
+Boxes are (x1, y1, x2, y2) with x2/y2 EXCLUSIVE (see ``Detection``). Both register as
+``embedded`` in opgrpo_stages/geneval/backends.py.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from ..geneval import Detection
+from ..geneval.backends import register_color_classifier, register_detector
+from ..geneval.rules import Detection
 from .render import shape_mask
 from .spec import WorldSpec, as_spec
 
@@ -134,3 +136,13 @@ class EmbeddedDetector:
         for dets in out:
             dets.sort(key=lambda d: -d.score)
         return out
+
+
+@register_detector("embedded")
+def _embedded_detector(**kwargs) -> EmbeddedDetector:
+    return EmbeddedDetector(**kwargs)
+
+
+@register_color_classifier("embedded")
+def _embedded_color_classifier(**kwargs) -> EmbeddedColorClassifier:
+    return EmbeddedColorClassifier(**kwargs)

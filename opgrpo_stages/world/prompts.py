@@ -2,7 +2,7 @@
 
 The dicts are shaped exactly like the lines of GenEval's
 ``evaluation_metadata.jsonl`` (``tag``, ``include``, optional ``exclude``,
-``prompt``) so that the same scorer (:mod:`opgrpo_stages.geneval`) runs on the
+``prompt``) so that the same scorer (:mod:`opgrpo_stages.geneval.rules`) runs on the
 synthetic world and on the real benchmark. ``parse_prompt`` inverts the
 templates; the tiny model uses it as a deterministic "text encoder".
 """

@@ -1,5 +1,5 @@
-"""Prompt sets shipped in ``opgrpo_stages/data`` (``source: packaged``, ``name: ...``); licenses and
-provenance beside each file.
+"""Prompt sets shipped in ``opgrpo_stages/data`` and ``opgrpo_stages/geneval/data`` (``source: packaged``,
+``name: ...``); licenses and provenance beside each file.
 
 ``geneval`` is GenEval's 553 official prompts once each: the official protocol (4 images per
 prompt) is ``eval.samples_per_prompt: 4``, which gives the four images distinct fixed noises and
@@ -11,27 +11,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ConfigError
-from .formats import prompts as prompts_fmt
+from ..errors import ConfigError
+from ..formats import prompts as prompts_fmt
 
-DATA = Path(__file__).resolve().parent / "data"
+ROOT = Path(__file__).resolve().parents[1]  # opgrpo_stages/
 T2I_COMPBENCH_CATEGORIES = ("color", "shape", "texture", "spatial", "3d_spatial", "numeracy", "non_spatial",
                             "complex")
 
-# name -> (file under data/, format)
+# name -> (file under opgrpo_stages/, format)
 PACKAGED = {
-    "geneval": ("geneval/evaluation_metadata.jsonl", "jsonl"),
-    "flow_grpo_geneval": ("flow_grpo/geneval/test_metadata.jsonl", "jsonl"),
-    "geneval_unseen": ("flow_grpo/geneval_unseen_objects/test_metadata.jsonl", "jsonl"),
-    "ocr_test": ("flow_grpo/ocr/test.txt", "text"),
-    **{f"t2i_compbench_{c}": (f"t2i_compbench/{c}_val.txt", "text") for c in T2I_COMPBENCH_CATEGORIES},
+    "geneval": ("geneval/data/evaluation_metadata.jsonl", "jsonl"),
+    "flow_grpo_geneval": ("data/flow_grpo/geneval/test_metadata.jsonl", "jsonl"),
+    "geneval_unseen": ("data/flow_grpo/geneval_unseen_objects/test_metadata.jsonl", "jsonl"),
+    "ocr_test": ("data/flow_grpo/ocr/test.txt", "text"),
+    **{f"t2i_compbench_{c}": (f"data/t2i_compbench/{c}_val.txt", "text") for c in T2I_COMPBENCH_CATEGORIES},
 }
 
 
 def packaged_path(name: str) -> Path:
     if name not in PACKAGED:
         raise ConfigError(f"prompts: unknown packaged prompt set {name!r}; shipped: {sorted(PACKAGED)}")
-    return DATA / PACKAGED[name][0]
+    return ROOT / PACKAGED[name][0]
 
 
 def load(name: str) -> list[dict]:

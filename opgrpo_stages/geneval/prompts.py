@@ -1,7 +1,7 @@
 """GenEval-style training prompts (``source: geneval_generated``), disjoint from the 553 test prompts.
 
 Same prompt space and metadata as GenEval's ``prompts/create_prompts.py`` (our own code): the 80
-COCO names of ``data/geneval/object_names.txt``; tags ``two_object``, ``counting`` (2..4, with the
+COCO names of ``geneval/data/object_names.txt``; tags ``two_object``, ``counting`` (2..4, with the
 ``exclude`` count + 1), ``colors`` and ``color_attr`` (GenEval's ten colours, never on ``person``),
 ``position`` (left of / right of / above / below; the second-named object is the anchor and comes
 first in ``include``); "a"/"an" by the name's first letter, plural by appending "s" ("es" after s).
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
-DATA = Path(__file__).resolve().parent / "data" / "geneval"
+DATA = Path(__file__).resolve().parent / "data"
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 POSITIONS = ("left of", "right of", "above", "below")
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
@@ -45,7 +45,7 @@ def object_names() -> tuple[str, ...]:
 
 @lru_cache(maxsize=1)
 def test_metadata() -> tuple[dict, ...]:
-    """GenEval's official 553 prompts (``data/geneval/evaluation_metadata.jsonl``)."""
+    """GenEval's official 553 prompts (``geneval/data/evaluation_metadata.jsonl``)."""
     lines = (DATA / "evaluation_metadata.jsonl").read_text().splitlines()
     return tuple(json.loads(line) for line in lines if line.strip())
 

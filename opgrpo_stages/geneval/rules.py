@@ -2,7 +2,8 @@
 
 The synthetic world (rule-based detector) and the real benchmark (Mask2Former +
 CLIP colour classifier) differ only in how detections are produced; the rules
-below never change, so per-backend numbers stay comparable.
+below never change, so per-backend numbers stay comparable. They know no backend:
+backends register into opgrpo_stages/geneval/backends.py.
 
 Strict rule (``ImageScore.correct``), after the official GenEval
 ``evaluation/evaluate_images.py`` (djghosh13/geneval: ``evaluate_image`` +
@@ -51,7 +52,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -79,44 +80,6 @@ class Detector(Protocol):
 @runtime_checkable
 class ColorClassifier(Protocol):
     def classify(self, image: np.ndarray, detections: Sequence[Detection]) -> list[str]: ...
-
-
-# -- registries (backends are imported lazily: the real ones pull in torch) ---
-
-from .registry import builder, registrar  # noqa: E402
-
-DETECTORS: dict[str, Callable[..., Detector]] = {}
-COLOR_CLASSIFIERS: dict[str, Callable[..., ColorClassifier]] = {}
-
-
-register_detector = registrar(DETECTORS, "detector")
-build_detector = builder(DETECTORS, "detector")
-register_color_classifier = registrar(COLOR_CLASSIFIERS, "color classifier")
-build_color_classifier = builder(COLOR_CLASSIFIERS, "color classifier")
-
-
-@register_detector("embedded")
-def _embedded_detector(**kwargs) -> Detector:
-    from .world.detect import EmbeddedDetector
-    return EmbeddedDetector(**kwargs)
-
-
-@register_color_classifier("embedded")
-def _embedded_color_classifier(**kwargs) -> ColorClassifier:
-    from .world.detect import EmbeddedColorClassifier
-    return EmbeddedColorClassifier(**kwargs)
-
-
-def _register_model_backends():
-    """``mask2former`` detector and ``clip`` colour classifier (opgrpo_stages/geneval_models.py);
-    importing that module is cheap: torch/transformers/mmdet load only when one is built."""
-    from . import geneval_models  # noqa: F401
-
-
-# -- rules --------------------------------------------------------------------
-
-
-_register_model_backends()
 
 
 def relative_position(box_a, box_b, threshold: float = 0.1) -> set[str]:

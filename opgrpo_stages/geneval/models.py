@@ -6,7 +6,7 @@ Both follow the official ``evaluation/evaluate_images.py`` (djghosh13/geneval):
 * detector: mmdetection's Mask2Former (default config
   ``mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.py``, checkpoint of the same name) with the
   80 COCO names of ``object_names.txt`` as labels; boxes, scores and instance masks are passed
-  on unfiltered (thresholds are applied by :func:`opgrpo_stages.geneval.filter_detections`).
+  on unfiltered (thresholds are applied by :func:`opgrpo_stages.geneval.rules.filter_detections`).
 * colour: each object is pasted over a grey (#999) canvas through its mask, cropped to its box,
   and classified zero-shot among the ten GenEval colours with the three templates
   ``a photo of a {c} {object}``, ``a photo of a {c}-colored {object}``, ``a photo of a {c} object``
@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .geneval import Detection, register_color_classifier, register_detector
+from .backends import register_color_classifier, register_detector
+from .rules import Detection
 
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 TEMPLATES = ("a photo of a {c} {obj}", "a photo of a {c}-colored {obj}", "a photo of a {c} object")
-OBJECT_NAMES = Path(__file__).resolve().parent / "data" / "geneval" / "object_names.txt"
+OBJECT_NAMES = Path(__file__).resolve().parent / "data" / "object_names.txt"
 MASK2FORMER_CONFIG = "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.py"
 KEY = "reward.options.geneval"
 
@@ -48,7 +49,7 @@ def masked_crop(image: np.ndarray, det: Detection, bgcolor=(153, 153, 153), crop
 class ClipColorClassifier:
     def __init__(self, path=None, processor_path=None, device: str = "cpu", bgcolor=(153, 153, 153),
                  crop: bool = True, colors=COLORS, templates=TEMPLATES, batch_size: int = 16):
-        from .rewards.clip_rewards import load_clip
+        from ..rewards.clip_rewards import load_clip
 
         self.model, self.processor = load_clip("geneval.color_classifier_kwargs", path, processor_path, device)
         self.device, self.bgcolor, self.crop, self.batch_size = device, tuple(bgcolor), crop, int(batch_size)
@@ -59,7 +60,7 @@ class ClipColorClassifier:
         """(n_colors, d) zero-shot weights for one object class (cached)."""
         import torch
 
-        from .rewards._models import pooled
+        from ..rewards._models import pooled
 
         if obj not in self._text:
             texts = [t.format(c=c, obj=obj) for c in self.colors for t in self.templates]
@@ -80,7 +81,7 @@ class ClipColorClassifier:
         on the others in its batch, up to float summation order)."""
         import torch
 
-        from .rewards._models import batches, pooled
+        from ..rewards._models import batches, pooled
 
         crops = [(d, masked_crop(image, d, self.bgcolor, self.crop)) for image, dets in requests for d in dets]
         picks = []  # argmax indices, left on the device until every batch is queued (rewards._models.to_host)
@@ -110,7 +111,7 @@ class Mask2FormerDetector:
     batch_size = 16  # class default: subclasses that skip __init__ (servers/geneval_server.py) batch too
 
     def __init__(self, checkpoint=None, config=None, device: str = "cpu", object_names=None, batch_size: int = 16):
-        from .rewards._models import require_module, require_path
+        from ..rewards._models import require_module, require_path
 
         ckpt = require_path("geneval", checkpoint, f"the Mask2Former checkpoint ({MASK2FORMER_CONFIG[:-3]}.pth)",
                             "detector_kwargs.checkpoint")
@@ -126,7 +127,7 @@ class Mask2FormerDetector:
         self.batch_size = int(batch_size)
 
     def detect(self, images: np.ndarray) -> list[list[Detection]]:
-        from .rewards._models import batches
+        from ..rewards._models import batches
 
         out = []
         for s in batches(len(images), self.batch_size):
