@@ -117,3 +117,12 @@ def test_the_snakefile_uses_the_workflow_interface_only():
     bad = [ln.strip() for ln in lines if not re.fullmatch(r"\s*from opgrpo_stages\.execution import workflow as \w+", ln)]
     assert not bad, f"the Snakefile imports execution details: {bad}"
 
+
+
+def test_scoring_rules_know_no_backend():
+    """GenEval's and T2I-CompBench++'s rules are shared by every detector backend (the embedded
+    world's, Mask2Former/CLIP, a server): they import no backend, model or world."""
+    g = graph()
+    for rules in (f"{PACKAGE}.geneval.rules", f"{PACKAGE}.t2i_compbench.rules"):
+        allowed = {f"{PACKAGE}.geneval.rules", f"{PACKAGE}.errors"}
+        assert g[rules] <= allowed, f"{rules} imports {sorted(g[rules] - allowed)}"
