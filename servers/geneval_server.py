@@ -168,7 +168,7 @@ class GenevalTool:
         out = []
         for i, m, d, im in zip(ids, metadata, dets, images):
             if "tag" not in m:
-                raise ValueError(f"item {i!r}: metadata has no GenEval 'tag' (expected GenEval metadata)")
+                raise P.RequestError(f"item {i!r}: metadata has no GenEval 'tag' (expected GenEval metadata)")
             s = G.evaluate_image(m, d, image=im, color_classifier=self.colors, **THRESHOLDS)
             out.append(P.record(i, s.reward, {"strict": float(s.correct)}, {"reasons": s.reasons}))
         return out
