@@ -56,6 +56,41 @@ def sha256_tree(path) -> str:
     return h.hexdigest()
 
 
+def runs_on(capability: tuple[int, int], arch_list) -> bool:
+    """Whether a CUDA build for ``arch_list`` (``torch.cuda.get_arch_list()``: "sm_86",
+    "compute_80", ...) runs on a GPU of compute ``capability``: cubins run on the same major
+    version at an equal or higher minor (sm_86 code runs on sm_89, Ada; not on sm_90, Hopper);
+    arch-specific cubins ("sm_90a") only on their own; PTX ("compute_XY") is compiled by the
+    driver for any capability >= XY."""
+    major, minor = capability
+    for a in arch_list:
+        kind, _, ver = str(a).partition("_")
+        digits = ver.rstrip("abcdefghijklmnopqrstuvwxyz")
+        if not digits.isdigit() or len(digits) < 2:
+            continue
+        a_major, a_minor = int(digits[:-1]), int(digits[-1])
+        if kind == "compute" and (a_major, a_minor) <= (major, minor):
+            return True
+        if kind == "sm" and a_major == major and (a_minor == minor if digits != ver else a_minor <= minor):
+            return True
+    return False
+
+
+def check_gpu(tool: str, device: str) -> None:
+    """Refuse to start when ``device`` is a CUDA device that torch cannot use or whose
+    architecture torch's build has no code for (kernels would fail, or run wrong, mid-stage)."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise StartupError(tool, f"--device {device} but torch {torch.__version__} sees no CUDA GPU")
+    cap = torch.cuda.get_device_capability(torch.device(device))
+    if not runs_on(cap, torch.cuda.get_arch_list()):
+        raise StartupError(tool, f"torch {torch.__version__} has no kernels for this GPU (sm_{cap[0]}{cap[1]}; built "
+                                 f"for {torch.cuda.get_arch_list()}): install a torch build for it (docs/evaluators.md)")
+
+
 def package_versions(names) -> dict:
     from importlib import metadata
 

@@ -64,13 +64,13 @@ class EvaluatorClient:
         """One exchange, all of it within ``timeout`` seconds: at the deadline a timer shuts the
         socket down, which ends any read in progress."""
         conn, base = self._connection(timeout)
-        expired = threading.Event()
+        expired, sock = threading.Event(), []
 
         def expire():
             expired.set()
-            if conn.sock is not None:
+            for sk in sock:  # the response owns the socket once the headers are read: keep our own handle
                 try:
-                    conn.sock.shutdown(socket.SHUT_RDWR)
+                    sk.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
 
@@ -78,6 +78,10 @@ class EvaluatorClient:
         timer.daemon = True
         timer.start()
         try:
+            conn.connect()
+            sock.append(conn.sock)
+            if expired.is_set():
+                expire()
             conn.request(method, base + route, body=data, headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
             status, raw = resp.status, resp.read()
