@@ -323,3 +323,21 @@ def test_paddleocr_3_is_refused_with_the_pin(monkeypatch, tmp_path):
         __version__="2.9.1", PaddleOCR=lambda **kw: made.append(kw)))
     PaddleOcrBackend(tmp_path, tmp_path)
     assert made and made[0]["use_gpu"] is False
+
+
+# -- item 5: the T2I-CompBench++ environment installs in an order that works ----------------------
+
+def test_t2i_install_puts_torch_before_detectron2_without_build_isolation():
+    """detectron2's setup.py imports torch: it cannot be in the one ``pip install -r`` that also
+    installs torch (pip prepares its metadata first, in an isolated build without torch)."""
+    reqs = [ln.split("#")[0].strip() for ln in (REPO / "servers/requirements-t2i_compbench.txt").read_text().splitlines()]
+    assert not [r for r in reqs if r.startswith("detectron2")]
+    steps = [ln.strip() for ln in (REPO / "servers/install_t2i_compbench.sh").read_text().splitlines()
+             if "/bin/pip\" install" in ln]
+    torch_step = next(i for i, s in enumerate(steps) if "torch==2.0.1" in s)
+    reqs_step = next(i for i, s in enumerate(steps) if "requirements-t2i_compbench.txt" in s)
+    d2_step = next(i for i, s in enumerate(steps) if "detectron2" in s)
+    assert torch_step < reqs_step < d2_step and "--no-build-isolation" in steps[d2_step]
+    assert "5aeb252b194b93dc2879b4ac34bc51a31b5aee13" in steps[d2_step]
+    docs = (REPO / "docs/evaluators.md").read_text()
+    assert "servers/install_t2i_compbench.sh" in docs and "pip install -r servers/requirements-t2i_compbench.txt" not in docs

@@ -86,13 +86,13 @@ class EvaluatorClient:
             resp = conn.getresponse()
             status, raw = resp.status, resp.read()
         except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, cut at the deadline
-            why = f"no complete answer within {timeout:g} s" if expired.is_set() else f"{type(e).__name__}: {e}"
+            why = f"timed out: no complete answer within {timeout:g} s" if expired.is_set() else f"{type(e).__name__}: {e}"
             raise _Retryable(f"{method} {route} failed ({why}; timeout {timeout:g} s)") from None
         finally:
             timer.cancel()
             conn.close()
         if expired.is_set():
-            raise _Retryable(f"{method} {route} failed (no complete answer within {timeout:g} s; timeout {timeout:g} s)")
+            raise _Retryable(f"{method} {route} failed (timed out: no complete answer within {timeout:g} s; timeout {timeout:g} s)")
         if status != 200:
             try:
                 msg = json.loads(raw.decode()).get("error", "")
