@@ -10,6 +10,12 @@ PIL's default quality 75; the server decodes it, reward-server app_geneval.py), 
 colour classifier see JPEG artefacts. Set it (75 for upstream) to do the same round trip; null
 scores the raw pixels. It is a training-only option: held-out evaluation, like official GenEval
 (which reads PNG files), always scores the raw pixels.
+
+``detector_channels``: the channel order of the arrays the Mask2Former detector gets. mmdet takes
+arrays as BGR; official GenEval reads files (BGR): ``bgr``, the default. Flow-GRPO's reward server
+passes ``np.array(pil_image)``, i.e. RGB read as BGR (reward-server ``gen_eval.py``
+``evaluate_image``), while its colour classifier sees the true image: ``rgb`` reproduces that
+training reward. Training-only, like ``jpeg_quality``: held-out evaluation is GenEval's.
 """
 
 from __future__ import annotations
@@ -27,12 +33,12 @@ from .base import Reward, register_reward
 class GenevalReward(Reward):
     needs = ("images", "metadata")
     batched = True
-    training_only_options = ("jpeg_quality", "value")
+    training_only_options = ("jpeg_quality", "value", "detector_channels")
 
     def __init__(self, detector: str = "embedded", world: Mapping[str, Any] | None = None,
                  color_classifier: str | None = None, detector_kwargs: Mapping[str, Any] | None = None,
                  color_classifier_kwargs: Mapping[str, Any] | None = None, jpeg_quality: int | None = None,
-                 batch_size: int = 16, value: str = "partial", **eval_kwargs):
+                 batch_size: int = 16, value: str = "partial", detector_channels: str = "bgr", **eval_kwargs):
         """``world``: WorldSpec dict for the embedded backends (ignored by others
         unless they accept ``spec``). ``color_classifier``: name of a registered
         classifier (``embedded``, ``clip``) built with ``color_classifier_kwargs``; None uses the
@@ -49,16 +55,20 @@ class GenevalReward(Reward):
         if value not in ("partial", "strict"):
             raise ValueError(f"reward.options.geneval.value: {value!r}; expected 'partial' or 'strict'")
         self.value = value
-        if jpeg_quality is not None and (isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, int)
-                                         or not 1 <= jpeg_quality <= 100):
-            raise ValueError(f"reward.options.geneval.jpeg_quality: {jpeg_quality!r}; expected null or an integer "
-                             f"1..100 (Flow-GRPO: 75, PIL's default)")
+        check_jpeg_quality("geneval", jpeg_quality)
         self.jpeg_quality = jpeg_quality
+        check_detector_channels(detector_channels)
         kw = dict(detector_kwargs or {})
         if detector == "embedded":
             kw.setdefault("spec", world)
         elif detector == "mask2former":
             kw.setdefault("batch_size", batch_size)
+            kw.setdefault("input_channels", detector_channels)
+        if detector_channels != "bgr" and detector != "mask2former":
+            from ..errors import ConfigError
+
+            raise ConfigError(f"reward.options.geneval.detector_channels: {detector_channels!r} models mmdet's "
+                              f"input (Flow-GRPO's reward server); detector {detector!r} takes no channel order")
         self.detector = build_detector(detector, **kw)
         if detector == "mask2former" and color_classifier is None:
             from ..errors import ConfigError
@@ -91,6 +101,18 @@ class GenevalReward(Reward):
         if self.value == "strict":
             return {"geneval_strict": strict, "geneval": partial}
         return {"geneval": partial, "geneval_strict": strict}
+
+
+def check_jpeg_quality(name: str, q):
+    if q is not None and (isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 100):
+        raise ValueError(f"reward.options.{name}.jpeg_quality: {q!r}; expected null or an integer "
+                         f"1..100 (Flow-GRPO: 75, PIL's default)")
+
+
+def check_detector_channels(value):
+    if value not in ("bgr", "rgb"):
+        raise ValueError(f"reward.options.geneval.detector_channels: {value!r}; expected 'bgr' (GenEval) or "
+                         f"'rgb' (Flow-GRPO's reward server)")
 
 
 def jpeg_roundtrip(images: np.ndarray, quality: int) -> np.ndarray:

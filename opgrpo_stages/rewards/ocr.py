@@ -66,11 +66,23 @@ class RapidOcrBackend:
         return "".join(line[1] for line in (result or []) if float(line[2]) > 0)
 
 
+PADDLEOCR_PIN = "paddleocr==2.9.1"  # Flow-GRPO's reward server's pin; 3.x changed the API
+
+
 class PaddleOcrBackend:
-    """PaddleOCR 2.x API (``ocr(img, cls=False)``) with local model directories."""
+    """PaddleOCR 2.x API (``ocr(img, cls=False)``, ``use_gpu``/``show_log``) with local model
+    directories, as Flow-GRPO's OCR reward. PaddleOCR 3.x rejects these arguments and returns
+    another result format: it is refused at construction with the pin to install."""
 
     def __init__(self, det_model_dir=None, rec_model_dir=None, lang: str = "en", use_gpu: bool = False):
         mod = require_module("ocr", "paddleocr", "paddleocr")
+        version = str(getattr(mod, "__version__", "") or "")
+        if not version.startswith("2."):
+            from ..errors import ModelPathError
+
+            raise ModelPathError(f"reward.options.ocr.backend paddleocr: found PaddleOCR {version or '(unknown version)'}; "
+                                 f"this backend speaks the 2.x API (as Flow-GRPO): pip install '{PADDLEOCR_PIN}' "
+                                 f"'paddlepaddle==2.6.2' (or use backend rapidocr)")
         kw = {"use_angle_cls": False, "lang": lang, "use_gpu": use_gpu, "show_log": False}
         kw["det_model_dir"] = str(require_path("ocr", det_model_dir, "a PaddleOCR detection model directory",
                                                 "backend_options.det_model_dir"))

@@ -25,13 +25,14 @@ def build_term(cfg: dict, name: str, *, evaluation: bool = False):
     from ..rewards import REWARDS, build_reward
 
     opts = dict(cfg["reward"]["options"].get(name, {}))
-    if opts.get("server"):  # scored by an evaluator server in the tool's own environment
-        from ..rewards.remote import RemoteReward
-
-        return RemoteReward(name, opts["server"])
     if evaluation:
         for key in getattr(REWARDS[name], "training_only_options", ()):
             opts.pop(key, None)
+    if opts.get("server"):  # scored by an evaluator server in the tool's own environment
+        from ..rewards.remote import RemoteReward
+
+        server = opts.pop("server")
+        return RemoteReward(name, server, options=opts)
     if name == "geneval":
         opts.setdefault("world", cfg["world"])
     if getattr(REWARDS[name], "uses_device", False):
