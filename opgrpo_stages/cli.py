@@ -129,7 +129,7 @@ def main(argv=None) -> int:
             return config_mod.resolve_run(cfg_all, first if name == "base" else name, known.config)
 
         if stage == "status":
-            from .status import status
+            from .monitor.status import status
 
             print(status(cfg_all, [args["run"]] if args["run"] else None))
             return 0

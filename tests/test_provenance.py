@@ -137,7 +137,7 @@ def test_status_reports_the_current_iteration(tmp_path):
     from opgrpo_stages import config as C
     from opgrpo_stages import layout as L
     from opgrpo_stages.formats import tables
-    from opgrpo_stages.status import status
+    from opgrpo_stages.monitor.status import status
 
     cfg = tiny_config(train={"iterations": 5})
     os.chdir(tmp_path)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import config as C
-from . import layout as L
+from .. import config as C
+from .. import layout as L
 
 _STAGES = (("rollout", L.samples), ("score", L.rewards), ("buffer_update", lambda r, k: L.buffer(r, k)[1]),
            ("policy_update", L.metrics))
