@@ -150,7 +150,7 @@ def test_status_reports_the_current_iteration(tmp_path):
         out = status(C.expand_seed_runs(cfg))
     finally:
         os.chdir(REPO)
-    assert out == ("flowgrpo: 2/5 iterations finished (current: iteration 1, runs/flowgrpo/iter_00001); "
+    assert out.splitlines()[0] == ("flowgrpo: 2/5 iterations finished (current: iteration 1, runs/flowgrpo/iter_00001); "
                    "next: iteration 2, done: rollout; evaluated: 0/5")
 
 
