@@ -120,7 +120,7 @@ wildcard_constraints:
     split="train|heldout|t2i_compbench",
 
 
-localrules: all, prompts, report
+localrules: all, prompts, report, tensorboard
 
 
 def report_files(exp):
@@ -129,9 +129,25 @@ def report_files(exp):
     return list(outputs_for(exp).values())
 
 
+# Watching a run (README): each iteration's record and each held-out evaluation, read from the tables
+# above into a TensorBoard event file (`tensorboard --logdir runs`) and, with `logging.wandb`, to wandb.
+# In the main Snakemake process, as soon as the tables exist; it writes no results file.
+from opgrpo_stages.monitor import records, wandb_feed
+
+wandb_feed.check(RUN_CFG.values(), SOURCES["name"])  # wandb missing or not logged in: one line, before any job
+
+
+def monitor_files(exp):
+    runs = EXPERIMENTS[exp]
+    return ([L.events("base", "heldout", 0)]
+            + [L.events(r, "train", k) for r in runs for k in range(last_iter(r) + 1)]
+            + [L.events(r, "heldout", k) for r in runs for k in L.eval_iterations(RUN_CFG[r])])
+
+
 rule all:
     input:
         report_files("main"),
+        monitor_files("main"),
 
 
 for _exp in EXPERIMENTS:  # one target per experiment: `snakemake ablations`, `snakemake seeds`
@@ -141,6 +157,7 @@ for _exp in EXPERIMENTS:  # one target per experiment: `snakemake ablations`, `s
             _exp
         input:
             report_files(_exp),
+            monitor_files(_exp),
 
 
 rule prompts:
@@ -508,3 +525,19 @@ rule report:
 
         with X.rule_log(log[0]):
             make_report(config, EXPERIMENTS[wildcards.exp], outputs=dict(output))
+
+
+rule tensorboard:  # the record of one iteration (or evaluation) of one run: see monitor_files
+    input:
+        unpack(lambda w: (records.train_inputs if w.kind == "train" else records.heldout_inputs)(w.run, int(w.iter))),
+    output:
+        L.events("{run}", "{kind}", "{iter}"),
+    wildcard_constraints:
+        kind="train|heldout",
+    log:
+        L.log("{run}/tensorboard_{kind}_{iter}.log"),
+    run:
+        from opgrpo_stages.monitor.tensorboard import job_log, log_record
+
+        with job_log(log[0]):
+            log_record(cfg_of(wildcards.run), wildcards.run, wildcards.kind, int(wildcards.iter), output[0], dict(input))

@@ -243,7 +243,7 @@ def validate_sources(cfg: dict, files: list, overrides: dict | None = None) -> d
 # section's old and new values. These keys change no stage output (edit them freely: nothing reruns);
 # `train.iterations` is among them so that raising it extends a run instead of redoing it.
 NEVER_RERUN = ("train.iterations", "runtime", "distributed", "cluster", "storage", "output_root", "report",
-               "pretrain", "experiments", "seeds", "experiment_seeds")
+               "pretrain", "experiments", "seeds", "experiment_seeds", "logging")
 _TRAINING_IGNORES = NEVER_RERUN + ("eval", "prompts.heldout")
 STAGE_IGNORES = {
     "init_policy": _TRAINING_IGNORES, "rollout": _TRAINING_IGNORES, "score": _TRAINING_IGNORES,
