@@ -46,12 +46,14 @@ def build_terms(cfg: dict, *, evaluation: bool = False) -> dict:
     see build_term)."""
     from ..errors import ConfigError
     from ..execution import lend
-    from ..rewards import REWARDS
+    from ..rewards import REWARDS, check_devices
 
     terms = {}
     for name in cfg["reward"]["terms"]:
         if name not in REWARDS:
             raise ConfigError(f"reward.terms: unknown reward {name!r}; known: {sorted(REWARDS)}")
+    check_devices(cfg)  # a CPU reward model on a GPU run: refused before any model is built
+    for name in cfg["reward"]["terms"]:
         # the training reward: one instance per process and options inside a resident worker
         # (opgrpo_stages/execution/resident.py); final_eval's metrics are built per stage and freed after it
         opts = dict(cfg["reward"]["options"].get(name, {}))
