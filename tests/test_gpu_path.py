@@ -101,3 +101,170 @@ def test_presets_put_no_reward_model_on_the_cpu_unawares(name):
 def test_geneval_preset_scores_through_the_evaluator_server():
     cfg = yaml.safe_load((REPO / "presets/sd35_geneval.yaml").read_text())
     assert cfg["reward"]["options"]["geneval"]["server"]["url"]
+
+
+# -- host memory, CPUs and nodes per rank (items 2, 3, 5, 7) --------------------------------------
+
+def _preset(path="presets/sd35_geneval.yaml", **over):
+    cfg = C.deep_merge(yaml.safe_load((REPO / path).read_text()), over)
+    return C.resolve_run(cfg, "flowgrpo", path)
+
+
+def test_host_memory_grows_with_the_ranks_of_a_node():
+    from opgrpo_stages.execution import cluster
+
+    one, eight = _preset(), _preset(distributed={"processes": 8})
+    host = one["cluster"]["host_mem_gb"] * 1024
+    for stage in ("rollout", "score", "policy_update", "evaluate"):
+        assert cluster.mem_mb(eight, stage) >= 8 * host > cluster.mem_mb(one, stage), stage
+    assert cluster.mem_mb(eight, "buffer_update") == cluster.mem_mb(one, "buffer_update")  # rank 0 alone
+
+
+def test_data_parallel_jobs_ask_cpus_per_rank_and_one_node():
+    from opgrpo_stages.execution import cluster
+
+    eight = _preset(distributed={"processes": 8}, cluster={"cpus_per_rank": 12})
+    w = type("W", (), {"run": "flowgrpo"})()
+    res = cluster.rule_resources("policy_update", lambda run: eight, multi_node=False, data_parallel=True)
+    got = {k: (v(w) if callable(v) else v) for k, v in res.items()}
+    assert got["cpus_per_task"] == 96 and got["gpu"] == 8 and got["nodes"] == 1
+    # buffer_update runs beside policy_update in the job: the group job sums parallel stages' CPUs
+    assert cluster.cpus_per_task(eight, "buffer_update") == 0
+
+
+def test_multi_node_gres_carries_the_gpu_model_and_clears_the_plugins():
+    from opgrpo_stages.execution import cluster
+
+    cfg = _preset(distributed={"nodes": 4, "processes": 8}, cluster={"gpu_model": "h100"})
+    w = type("W", (), {"run": "flowgrpo"})()
+    for stage, dp in (("rollout", True), ("buffer_update", False)):
+        res = cluster.rule_resources(stage, lambda run: cfg, multi_node=True, data_parallel=dp)
+        got = {k: (v(w) if callable(v) else v) for k, v in res.items()}
+        assert got["gres"] == "gpu:h100:8" and got["gpu_model"] == "", stage
+
+
+def test_multi_node_submission_has_no_contradictory_gpus_flag():
+    plugin = pytest.importorskip("snakemake_executor_plugin_slurm.utils")
+    from types import SimpleNamespace
+
+    class Res(dict):
+        __getattr__ = dict.get
+
+    job = SimpleNamespace(resources=Res(gres="gpu:h100:8", gpu=0, gpu_model="", nodes=4))
+    assert plugin.set_gres_string(job).strip() == "--gres=gpu:h100:8"
+
+
+def test_rank_step_shares_the_nodes_cpus_and_survives_waittime():
+    from opgrpo_stages.execution.ranks import job_cpus_per_node, rank_step_command
+
+    assert job_cpus_per_node({"SLURM_JOB_CPUS_PER_NODE": "96(x4)"}) == 96
+    assert job_cpus_per_node({"SLURM_JOB_CPUS_PER_NODE": "64(x2),32"}) == 32
+    assert job_cpus_per_node({"SLURM_CPUS_ON_NODE": "16"}) == 16 and job_cpus_per_node({}) is None
+    cmd = rank_step_command("42", 4, 32, 8, 96, ["python", "-m", "x"])
+    assert "--cpus-per-task=12" in cmd and "--wait=0" in cmd and "--nodes=4" in cmd and "--ntasks-per-node=8" in cmd
+    assert cmd[-1] == "--from-slurm" and cmd[-4:-1] == ["python", "-m", "x"]
+
+
+def test_torch_threads_follow_the_cpu_affinity(monkeypatch):
+    import os
+
+    import torch
+
+    from conftest import tiny_config
+    from opgrpo_stages.stages.common import setup_torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    try:
+        setup_torch(C.resolve_run(tiny_config(runtime={"torch_threads": 8}), "flowgrpo"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_ranks_of_a_pool_load_weights_one_at_a_time(monkeypatch):
+    import threading
+
+    from opgrpo_stages.execution import one_load_at_a_time
+
+    monkeypatch.setenv("OPGRPO_POOL", "test-pool-lock")
+    first_in, release, second_in = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with one_load_at_a_time():
+            first_in.set()
+            release.wait(30)
+
+    def second():
+        first_in.wait(30)
+        with one_load_at_a_time():
+            second_in.set()
+
+    a, b = threading.Thread(target=first), threading.Thread(target=second)
+    a.start(), b.start()
+    assert first_in.wait(30)
+    assert not second_in.wait(0.5)  # the second build waits while the first holds the node's lock
+    release.set()
+    assert second_in.wait(30)
+    a.join(), b.join()
+
+
+def test_score_reads_only_its_ranks_image_rows(tmp_path, monkeypatch):
+    import numpy as np
+    import pandas as pd
+
+    from conftest import tiny_config
+    from opgrpo_stages.execution.collectives import DataParallel
+    from opgrpo_stages.formats import header, images as images_fmt, tables
+    from opgrpo_stages.stages import score as S
+
+    cfg = C.resolve_run(tiny_config(reward={"terms": {"brightness": 1.0}, "batch_size": 2}), "flowgrpo")
+    cfg["reward"]["terms"] = {"brightness": 1.0}
+    n = 8
+    images_fmt.write(tmp_path / "images.safetensors", np.zeros((n, 4, 4, 3), np.uint8), header.of(cfg, 0))
+    df = pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)], "prompt_id": "p", "prompt": "a red cube",
+                       "metadata": "{}", "tag": "t", "group": 0, "source": "fresh", "birth_iteration": 0, "kept_steps": 0})
+    tables.write(tmp_path / "samples.parquet", df, "samples", header.of(cfg, 0))
+    seen = []
+    real = images_fmt.read
+    monkeypatch.setattr(images_fmt, "read", lambda *a, **k: seen.append(len(real(*a, **k))) or real(*a, **k))
+
+    class Rank1(DataParallel):
+        def gather_cat(self, *parts):
+            return (None,) * len(parts)
+
+    S._score(cfg, 0, Rank1(1, 2), images_path=tmp_path / "images.safetensors",
+             samples_path=tmp_path / "samples.parquet", out_rewards=tmp_path / "rewards.parquet")
+    assert seen == [4]  # rank 1 of 2: rows 4..7 only
+
+
+def test_a_gpu_launcher_without_opgrpo_ranks_device_fails_at_once(monkeypatch):
+    from opgrpo_stages.execution import ranks
+
+    monkeypatch.setenv(ranks.RANK0_ENV, "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("OPGRPO_RANKS_DEVICE", raising=False)
+
+    def no_rendezvous(*a, **k):  # the old code would wait here (up to 7 days)
+        raise AssertionError("joined the rendezvous")
+
+    monkeypatch.setattr(ranks, "_init_group", no_rendezvous)
+    with pytest.raises(ConfigError, match="OPGRPO_RANKS_DEVICE=cuda"):
+        ranks.Pool(2, "cuda", 1, 2).start()
+
+
+def test_nccl_group_is_bounded_and_cublas_configured_before_cuda_starts(monkeypatch):
+    import torch
+    import torch.distributed as dist
+
+    from opgrpo_stages.execution import ranks
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: seen.setdefault("cublas", __import__("os").environ.get(
+        "CUBLAS_WORKSPACE_CONFIG")))
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **k: seen.update(backend=backend, timeout=k["timeout"]))
+    monkeypatch.setattr(dist, "new_group", lambda **k: seen.update(objects=k["timeout"]))
+    ranks._init_group(0, 2, "cuda", "tcp://127.0.0.1:1")
+    assert seen["cublas"] == ":4096:8" and seen["backend"] == "nccl"
+    assert seen["timeout"] <= ranks.STEP_TIMEOUT < seen["objects"]  # the idle gloo group keeps its long one

@@ -5,7 +5,7 @@ Two interfaces, and nothing outside this package imports any other of its module
 (``tests/test_architecture.py``):
 
 - this module, for stages and file formats: :func:`data_parallel`, :func:`fault`, :func:`lend`,
-  :func:`stamp`. Each is a thin function that imports its submodule when called, so importing it
+  :func:`stamp`, :func:`one_load_at_a_time`. Each is a thin function that imports its submodule when called, so importing it
   costs nothing and cannot close an import circle.
 - :mod:`opgrpo_stages.execution.workflow`, for the Snakefile (and benchmarks): running a stage
   for its rule, logs, locks, storage pruning, cluster resources, the Snakemake patches.
@@ -41,3 +41,11 @@ def stamp(path):
     from .resident import stamp as _stamp
 
     return _stamp(path)
+
+
+def one_load_at_a_time():
+    """Context manager around a model build: the data-parallel ranks of one node build one after
+    the other (host memory holds one copy of the weights at a time); a no-op outside a pool."""
+    from .ranks import one_load_at_a_time as _one
+
+    return _one()
