@@ -268,3 +268,76 @@ def test_nccl_group_is_bounded_and_cublas_configured_before_cuda_starts(monkeypa
     ranks._init_group(0, 2, "cuda", "tcp://127.0.0.1:1")
     assert seen["cublas"] == ":4096:8" and seen["backend"] == "nccl"
     assert seen["timeout"] <= ranks.STEP_TIMEOUT < seen["objects"]  # the idle gloo group keeps its long one
+
+
+# -- Snakemake versions and patches (item 6) ------------------------------------------------------
+
+def test_snakemake_outside_the_tested_window_fails_with_one_line_naming_the_versions(monkeypatch):
+    from opgrpo_stages.execution import snakemake_patches as P
+
+    monkeypatch.delenv(P.ALLOW_UNTESTED, raising=False)
+    for versions in ({"snakemake": "9.28.0", "snakemake-executor-plugin-slurm": "2.8.0"},
+                     {"snakemake": "9.27.1", "snakemake-executor-plugin-slurm": "1.0.0"},
+                     {"snakemake": "9.19.0", "snakemake-executor-plugin-slurm": None}):
+        with pytest.raises(P.PatchError) as err:
+            P.verify(versions)
+        msg = str(err.value)
+        assert "\n" not in msg and "snakemake >=9.20,<9.28" in msg and "plugin-slurm >=2.8,<2.9" in msg
+        assert next(f"{p} {v}" for p, v in versions.items() if v) in msg
+    P.verify()  # what this environment has is inside the window
+
+
+def test_pyproject_pins_the_window_verify_checks():
+    import tomllib
+
+    from opgrpo_stages.execution.snakemake_patches import TESTED
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = deps["dependencies"] + deps["optional-dependencies"]["slurm"]
+    for pkg, (lo, hi) in TESTED.items():
+        assert f"{pkg}>={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]}" in pins, pkg
+
+
+def test_a_snakemake_whose_executor_stopped_reading_use_threads_is_refused(monkeypatch):
+    from snakemake.executors import local
+
+    from opgrpo_stages.execution import snakemake_patches as P
+
+    monkeypatch.setattr(local.Executor, "run_single_job", lambda self, job: None)
+    with pytest.raises(P.PatchError, match="use_threads"):
+        P.verify()
+
+
+def test_the_threads_patch_sets_use_threads_on_a_new_local_executor(monkeypatch):
+    from types import SimpleNamespace
+
+    from snakemake.executors import local
+
+    from opgrpo_stages.execution import snakemake_patches as P
+
+    monkeypatch.setattr(local.Executor, "__post_init__", local.Executor.__post_init__)  # restored after
+    monkeypatch.delattr(local.Executor, "_opgrpo_threads", raising=False)
+    P.run_group_stages_in_threads()
+    ex = local.Executor.__new__(local.Executor)
+    ex.workflow = SimpleNamespace(execution_settings=SimpleNamespace(use_threads=False, keep_incomplete=False),
+                                  resource_settings=SimpleNamespace(cores=1))
+    ex.__post_init__()
+    ex.pool.shutdown()
+    assert ex.use_threads is True
+    monkeypatch.delattr(local.Executor, "_opgrpo_threads")
+
+
+def test_the_group_check_patch_replaces_both_quadratic_checks(monkeypatch):
+    from snakemake.dag import DAG
+
+    from opgrpo_stages.execution import snakemake_patches as P
+
+    for name in ("_check_groups", "validate_group", "_opgrpo_linear_groups"):
+        monkeypatch.setattr(DAG, name, getattr(DAG, name, False), raising=False)  # restored after
+    DAG._opgrpo_linear_groups = False
+    P.install()
+    assert DAG._check_groups is P.check_groups and DAG.validate_group(None, None) is None
+    monkeypatch.delattr(DAG, "_check_groups")
+    DAG._opgrpo_linear_groups = False
+    with pytest.raises(P.PatchError):
+        P.install()
