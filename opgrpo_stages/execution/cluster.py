@@ -41,9 +41,9 @@ def heldout_images(cfg: dict) -> int:
     n = cfg["cluster"].get("heldout_prompts")
     ps = cfg["prompts"]["heldout"]
     if n is None and ps.get("source") == "packaged":
-        from ..prompts.packaged import load
+        from ..prompts.catalog import count
 
-        n = len(load(ps["name"]))
+        n = count(ps["name"])
     if n is None:
         n = ps.get("n", 0) or 0
     return int(n) * int(cfg["eval"].get("samples_per_prompt", 1))
