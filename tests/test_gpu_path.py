@@ -341,3 +341,14 @@ def test_the_group_check_patch_replaces_both_quadratic_checks(monkeypatch):
     DAG._opgrpo_linear_groups = False
     with pytest.raises(P.PatchError):
         P.install()
+
+
+def test_allow_cpu_reruns_nothing():
+    """A new key with a default must not change what finished stages recorded (rerun trigger)."""
+    from conftest import tiny_config
+
+    plain = C.resolve_run(tiny_config(), "flowgrpo")
+    allowed = C.resolve_run(tiny_config(reward={"allow_cpu": ["geneval"]}), "flowgrpo")
+    del plain["reward"]["allow_cpu"]  # as a config written before the key existed records it
+    for stage in ("score", "policy_update", "evaluate"):
+        assert C.stage_params(plain, stage) == C.stage_params(allowed, stage), stage
