@@ -86,6 +86,10 @@ def _stage_parser(stage: str, add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["preflight"]:  # a config's checks before any GPU hour (opgrpo_stages/preflight.py)
+        from .preflight import main as preflight
+
+        return preflight(argv[1:])
     top = argparse.ArgumentParser(prog="opgrpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("stage", choices=list(COMMANDS), help="; ".join(f"{k}: {v[0]}" for k, v in COMMANDS.items()))
     if not argv or argv[0] not in COMMANDS:  # `opgrpo`, `opgrpo --help`, an unknown stage

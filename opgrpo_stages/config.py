@@ -253,8 +253,8 @@ STAGE_IGNORES = {
 }
 def _flat(cfg: dict) -> dict:
     """{'sampling': '{...}', 'prompts.train': '{...}', ...}: one JSON value per section (one params
-    function per section keeps the DAG of a 1,000-iteration run fast); `prompts` per split, and
-    `train` without `iterations`."""
+    function per section keeps the DAG of a 1,000-iteration run fast); `prompts` per split,
+    `train` without `iterations`, `reward` without `allow_cpu`."""
     import json
 
     out = {}
@@ -264,6 +264,8 @@ def _flat(cfg: dict) -> dict:
                 out[f"prompts.{kk}"] = vv
         elif k == "train" and isinstance(v, dict):
             out[k] = {kk: vv for kk, vv in v.items() if kk != "iterations"}
+        elif k == "reward" and isinstance(v, dict):  # where a reward model may run changes no score
+            out[k] = {kk: vv for kk, vv in v.items() if kk != "allow_cpu"}
         else:
             out[k] = v
     return {k: json.dumps(v, sort_keys=True, default=str) for k, v in out.items()}

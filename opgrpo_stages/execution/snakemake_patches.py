@@ -4,6 +4,12 @@ through :func:`opgrpo_stages.execution.install_snakemake_patches`).
 1. Stages of a cluster job as threads of its one process (:func:`run_group_stages_in_threads`).
 2. A linear-time check of Snakemake's job groups, for long runs (:func:`install`).
 
+Both reach into Snakemake's internals, so the versions are pinned to the window they were checked
+against (``TESTED``, also in pyproject.toml) and :func:`verify` asserts at every start-up, local
+runs and CI included, that each patch finds what it patches: a newer Snakemake fails there with
+one line naming the versions, not at parse of every cluster job, and never silently (a local
+executor that stopped reading ``use_threads`` would turn every stage back into a process).
+
 The group check:
 
 Snakemake (9.x) checks that no group depends on itself through jobs outside it by a depth-first
@@ -16,6 +22,71 @@ dependencies). ``install()`` swaps it in; the error still names the group.
 """
 
 from __future__ import annotations
+
+# package -> (lowest tested, first untested): pyproject.toml pins the same window
+TESTED = {"snakemake": ((9, 20), (9, 28)), "snakemake-executor-plugin-slurm": ((2, 8), (2, 9))}
+ALLOW_UNTESTED = "OPGRPO_ALLOW_UNTESTED_SNAKEMAKE"  # =1: try another version (the patches are still verified)
+
+
+class PatchError(RuntimeError):
+    """Snakemake's internals are not what the patches expect."""
+
+
+def _version_tuple(v: str) -> tuple:
+    import re
+
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:2])
+
+
+def installed_versions() -> dict:
+    """package -> installed version string (None: not installed), for the packages in ``TESTED``."""
+    from importlib import metadata
+
+    out = {}
+    for pkg in TESTED:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _window() -> str:
+    return ", ".join(f"{p} >={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]}" for p, (lo, hi) in TESTED.items())
+
+
+def verify(versions: dict | None = None) -> None:
+    """Raise :class:`PatchError` (one line) when an installed Snakemake or Slurm plugin is outside the
+    tested window (unless ``OPGRPO_ALLOW_UNTESTED_SNAKEMAKE=1``) or when a patched internal is gone."""
+    import inspect
+    import os
+
+    versions = installed_versions() if versions is None else versions
+    found = ", ".join(f"{p} {v}" for p, v in versions.items() if v)
+    if os.environ.get(ALLOW_UNTESTED) != "1":
+        for pkg, v in versions.items():
+            lo, hi = TESTED[pkg]
+            if v is not None and not lo <= _version_tuple(v) < hi:
+                raise PatchError(f"opgrpo patches Snakemake internals tested with {_window()}, but {found} is "
+                                 f"installed: pip install -e '.[slurm]' (the pinned window), or set "
+                                 f"{ALLOW_UNTESTED}=1 to try it")
+    import snakemake.api  # noqa: F401  (imported first: snakemake.dag alone is a circular import)
+    from snakemake.dag import DAG
+    from snakemake.executors import local
+
+    problems = []
+    if not (hasattr(DAG, "_check_groups") and hasattr(DAG, "validate_group")):
+        problems.append("DAG._check_groups / DAG.validate_group are gone (linear group check)")
+    init = inspect.getsource(DAG.__init__)
+    if "self._group" not in init or "self._dependencies" not in init:
+        problems.append("DAG no longer keeps _group / _dependencies (linear group check)")
+    if "__post_init__" not in vars(local.Executor):
+        problems.append("snakemake.executors.local.Executor.__post_init__ is gone (stages as threads)")
+    if "self.use_threads" not in inspect.getsource(local.Executor.run_single_job):
+        problems.append("the local executor's run_single_job no longer reads self.use_threads (stages as threads)")
+    if problems:
+        raise PatchError(f"opgrpo's Snakemake patches (opgrpo_stages/execution/snakemake_patches.py) do not fit "
+                         f"{found} (tested: {_window()}): " + "; ".join(problems))
 
 
 def check_groups(dag) -> None:
@@ -68,7 +139,7 @@ def install() -> None:
     if getattr(DAG, "_opgrpo_linear_groups", False):
         return
     if not (hasattr(DAG, "_check_groups") and hasattr(DAG, "validate_group")):
-        return  # another Snakemake: keep its own checks
+        raise PatchError("snakemake.dag.DAG has no _check_groups / validate_group to replace (see verify())")
     DAG._check_groups = check_groups
     DAG.validate_group = lambda self, group: None  # covered by check_groups, over all groups at once
     DAG._opgrpo_linear_groups = True

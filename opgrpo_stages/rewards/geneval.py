@@ -33,12 +33,24 @@ from .base import Reward, register_reward
 class GenevalReward(Reward):
     needs = ("images", "metadata")
     batched = True
+    uses_device = True  # runtime.device reaches the detector and colour classifier unless their kwargs set one
     training_only_options = ("jpeg_quality", "value", "detector_channels")
+    MODEL_BACKENDS = {"detector": ("mask2former",), "color_classifier": ("clip",)}
+
+    @classmethod
+    def model_devices(cls, options: dict, runtime_device: str) -> dict[str, str]:
+        out = {}
+        dev = str(options.get("device", runtime_device))
+        for part, models in cls.MODEL_BACKENDS.items():
+            if options.get(part, "embedded" if part == "detector" else None) in models:
+                out[f"{part}_kwargs.device"] = str((options.get(f"{part}_kwargs") or {}).get("device", dev))
+        return out
 
     def __init__(self, detector: str = "embedded", world: Mapping[str, Any] | None = None,
                  color_classifier: str | None = None, detector_kwargs: Mapping[str, Any] | None = None,
                  color_classifier_kwargs: Mapping[str, Any] | None = None, jpeg_quality: int | None = None,
-                 batch_size: int = 16, value: str = "partial", detector_channels: str = "bgr", **eval_kwargs):
+                 batch_size: int = 16, value: str = "partial", detector_channels: str = "bgr", device: str = "cpu",
+                 **eval_kwargs):
         """``world``: WorldSpec dict for the embedded backends (ignored by others
         unless they accept ``spec``). ``color_classifier``: name of a registered
         classifier (``embedded``, ``clip``) built with ``color_classifier_kwargs``; None uses the
@@ -49,7 +61,8 @@ class GenevalReward(Reward):
         ``batch_size``: images per detector forward and crops per colour-classifier forward of the
         model backends ``mask2former`` and ``clip`` (``reward.batch_size`` in a stage), unless their
         kwargs set their own; the rule-based embedded backends have no model to batch.
-        ``value``: the training reward, ``partial`` (Flow-GRPO's partial credit) or ``strict``
+        ``device``: where the model backends (mask2former, clip) run unless their kwargs set
+        ``device`` (the score stage fills in ``runtime.device``). ``value``: the training reward, ``partial`` (Flow-GRPO's partial credit) or ``strict``
         (GenEval's 0/1 verdict: ties whole groups, the degenerate signal of the paper's
         mechanism); training-only, so the held-out reward stays partial credit."""
         if value not in ("partial", "strict"):
@@ -64,6 +77,7 @@ class GenevalReward(Reward):
         elif detector == "mask2former":
             kw.setdefault("batch_size", batch_size)
             kw.setdefault("input_channels", detector_channels)
+            kw.setdefault("device", device)
         if detector_channels != "bgr" and detector != "mask2former":
             from ..errors import ConfigError
 
@@ -84,6 +98,7 @@ class GenevalReward(Reward):
                 ckw.setdefault("spec", world)
             elif color_classifier == "clip":
                 ckw.setdefault("batch_size", batch_size)
+                ckw.setdefault("device", device)
             self.color_classifier = build_color_classifier(color_classifier, **ckw)
         self.eval_kwargs = eval_kwargs
 

@@ -105,8 +105,19 @@ class OcrReward(Reward):
 
     needs = ("images", "prompts")
 
+    @classmethod
+    def model_devices(cls, options: dict, runtime_device: str) -> dict[str, str]:
+        return {"backend": "cpu"}  # onnxruntime / paddle on the CPU, one image at a time
+
     def __init__(self, backend: str = "rapidocr", backend_options: dict | None = None, frame_interval: int = 4,
                  device: str = "cpu"):
+        """``device``: only ``cpu`` (the OCR backends run on the CPU); any other value is refused
+        rather than ignored. On a GPU run list ``ocr`` in ``reward.allow_cpu``."""
+        if str(device) != "cpu":
+            from ..errors import ConfigError
+
+            raise ConfigError(f"reward.options.ocr.device = {device!r}: the OCR backends run on the CPU only; "
+                              f"remove the key (and list 'ocr' in reward.allow_cpu on a GPU run)")
         if backend not in BACKENDS:
             from ..errors import ConfigError
 
