@@ -83,9 +83,9 @@ def K(w):
     return k
 
 
-def rerun_params(stage, cfg_for=lambda w: RUN_CFG[w.run]):
+def rerun_params(stage, cfg_for=lambda w: RUN_CFG[w.run], configs=None):
     """`params:` recording the config keys the stage depends on (rerun trigger `params`, see C.stage_params)."""
-    return C.rule_params(stage, cfg_for, RUN_CFG.values())
+    return C.rule_params(stage, cfg_for, configs or RUN_CFG.values())
 
 
 def iteration_group(w):
@@ -382,7 +382,7 @@ rule evaluate_base:
         table=update(L.eval_table("base", 0)),
         grid=update(L.eval_grid("base", 0)),
     params:
-        *rerun_params("evaluate", lambda w: RUN_CFG[FIRST]),
+        *rerun_params("evaluate_base", lambda w: RUN_CFG[FIRST]),
     group:
         "base-eval"  # one cluster job with final_eval_base
     log:
@@ -433,7 +433,7 @@ rule final_eval_base:
     output:
         table=update(L.final_eval("base", "base")),
     params:
-        *rerun_params("final_eval", lambda w: RUN_CFG[FIRST]),
+        *rerun_params("final_eval_base", lambda w: RUN_CFG[FIRST]),
     group:
         "base-eval"
     log:
@@ -447,13 +447,19 @@ rule final_eval_base:
 
 
 def report_inputs(w):
+    """Every file the report reads (stages/report.py), so a missing one is regenerated first."""
     from opgrpo_stages.stages.report import final_inputs
 
-    out = {"base": L.eval_table("base", 0), "final": final_inputs(EXPERIMENTS[w.exp])}
+    out = {"base": L.eval_table("base", 0), "base_grid": L.eval_grid("base", 0), "final": final_inputs(EXPERIMENTS[w.exp])}
     for r in EXPERIMENTS[w.exp]:
-        n = RUN_CFG[r]["train"]["iterations"]
+        n, evals = RUN_CFG[r]["train"]["iterations"], L.eval_iterations(RUN_CFG[r])
         out[f"{r}_metrics"] = [L.metrics(r, k) for k in range(n)]
-        out[f"{r}_eval"] = [L.eval_table(r, k) for k in L.eval_iterations(RUN_CFG[r])]
+        out[f"{r}_samples"] = [L.samples(r, k) for k in range(n)]
+        out[f"{r}_rewards"] = [L.rewards(r, k) for k in range(n)]
+        if RUN_CFG[r]["replay"]["fraction"] > 0:  # buffer size, reward and age curves
+            out[f"{r}_buffer"] = [L.buffer(r, k)[1] for k in range(n - 1)]
+        out[f"{r}_eval"] = [L.eval_table(r, k) for k in evals]
+        out[f"{r}_grid"] = L.eval_grid(r, evals[-1])  # the last checkpoint's samples in the grid figure
     return out
 
 
@@ -501,6 +507,8 @@ rule report:
                      caption="report/fig6.rst"),
         fig6b=report(L.results("{exp}") + "/figures/fig6b_replay_fraction.png", category="{exp}", subcategory="Training",
                      caption="report/fig6.rst"),
+    params:
+        *rerun_params("report", lambda w: config, [config]),  # the `report` section
     log:
         L.log("report_{exp}.log"),
     run:
