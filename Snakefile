@@ -14,6 +14,7 @@ from snakemake.utils import min_version, validate
 from opgrpo_stages import config as C
 from opgrpo_stages.execution import workflow as X
 from opgrpo_stages import layout as L
+from opgrpo_stages import startup
 
 min_version("9.20")
 sys.setrecursionlimit(100000)  # long iteration chains recurse deeply in the DAG builder
@@ -65,6 +66,8 @@ RUNS = list(config["runs"])
 EXPERIMENTS = config["experiments"]
 RUN_CFG = {r: C.resolve_run(config, r, SOURCES["name"]) for r in RUNS}
 FIRST = RUNS[0]
+# what can be known before any job: the targets' runs exist, their model.path and prompt files too
+startup.check(config, RUN_CFG, workflow.config_settings.config, sys.argv)
 
 
 def cfg_of(run):
