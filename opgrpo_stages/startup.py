@@ -7,7 +7,7 @@ included, so `-n` does not plan thousands of jobs that fail at the first one).
   a typo of a run name, usually);
 - the paths the targets' runs read exist: ``model.path`` of a real backbone, and a prompt source
   file whose prompt set is still to be made. The full check of a configuration (weights of every
-  reward and evaluator, devices) is ``opgrpo preflight`` (docs/gpu-cluster.md).
+  reward and evaluator, devices) is ``opgrpo preflight``.
 
 The targets are read from the command line (``sys.argv``): tokens that are paths under ``runs/``
 or ``results/`` (also those of ``-f``/``--until``) and experiment names; none means the default
