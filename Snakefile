@@ -508,7 +508,7 @@ rule report:
         table2_csv=report(L.results("{exp}") + "/tables/table2.csv", category="{exp}", subcategory="Tables",
                           caption="report/table2.rst"),
         table2_md=L.results("{exp}") + "/tables/table2.md",
-        # issue 14: the paper's claims over seeds (stages/report_seeds.py)
+        # issue 14: the paper's claims over seeds (opgrpo_stages/report/seeds.py)
         training_curves=L.results("{exp}") + "/tables/training_curves.csv",
         degenerate=report(L.results("{exp}") + "/tables/degenerate_groups.csv", category="{exp}", subcategory="Tables",
                           caption="report/degenerate.rst"),
