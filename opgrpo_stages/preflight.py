@@ -119,7 +119,8 @@ def startup_checks(config: dict, targets=()) -> None:
     blockers = []
     for run in _runs_for(config, targets):
         cfg = C.resolve_run(config, run)
-        blockers += [f"runs.{run}: {r.key}: {r.detail}" for r in path_rows(cfg) if r.status == "BLOCKER"]
+        blockers += [f"runs.{run}: {r.key}: {r.detail}" for r in path_rows(cfg)
+                     if r.status == "BLOCKER" and r.key != "model.base_weights"]  # a rule (pretrain_base) makes it
     if blockers:
         unique = list(dict.fromkeys(blockers))
         raise ConfigError("preflight: " + "; ".join(unique) + " (opgrpo preflight --configfile ... checks more)")

@@ -6,8 +6,9 @@ included, so `-n` does not plan thousands of jobs that fail at the first one).
 - a run added by ``--config 'runs={...}'`` belongs to an experiment (otherwise nothing uses it:
   a typo of a run name, usually);
 - the paths the targets' runs read exist: ``model.path`` of a real backbone, and a prompt source
-  file whose prompt set is still to be made. The full check of a configuration (weights of every
-  reward and evaluator, devices) is ``opgrpo preflight``.
+  file whose prompt set is still to be made, the reward models' paths, and no reward model on the
+  CPU of a GPU run unless ``reward.allow_cpu`` says so (``preflight.startup_checks``). The full
+  check of a configuration (servers, budgets, memory, the Slurm profile) is ``opgrpo preflight``.
 
 The targets are read from the command line (``sys.argv``): tokens that are paths under ``runs/``
 or ``results/`` (also those of ``-f``/``--until``) and experiment names; none means the default
@@ -75,6 +76,9 @@ def check(config: dict, run_cfgs: dict, overrides: dict, argv: list[str]) -> Non
     for run in sorted(needed & set(run_cfgs)):
         check_model_path(run_cfgs[run], run)
     check_prompt_sources(run_cfgs[first])
+    from .preflight import startup_checks  # reward model paths and devices of the same runs
+
+    startup_checks(config, sorted(needed & set(run_cfgs)))
 
 
 def check_model_path(cfg: dict, run: str) -> None:
