@@ -540,7 +540,8 @@ rule report:
 
 rule tensorboard:  # the record of one iteration (or evaluation) of one run: see monitor_files
     input:
-        unpack(lambda w: (records.train_inputs if w.kind == "train" else records.heldout_inputs)(w.run, int(w.iter))),
+        unpack(lambda w: records.train_inputs(w.run, int(w.iter), last=int(w.iter) == last_iter(w.run)) if w.kind == "train"
+               else records.heldout_inputs(w.run, int(w.iter))),
     output:
         L.events("{run}", "{kind}", "{iter}"),
     wildcard_constraints:

@@ -64,7 +64,7 @@ def _expected_train(wd, run, k):
     it = wd / "runs" / run / f"iter_{k:05d}"
     smp, rew = pd.read_parquet(it / "samples.parquet"), pd.read_parquet(it / "rewards.parquet")
     met = pd.read_parquet(it / "update_metrics.parquet").iloc[0]
-    buf = pd.read_parquet(it / "buffer.parquet")
+    buf = pd.read_parquet(it / "buffer.parquet") if k < ITERS - 1 else None  # the last buffer is never written
     r, src = rew["reward"].to_numpy(), smp["source"].to_numpy()
     exp = {"reward/all": r.mean(), "reward/fresh": r[src == "fresh"].mean()}
     if (src == "replay").any():
@@ -82,9 +82,10 @@ def _expected_train(wd, run, k):
             continue
         if np.isfinite(v):
             exp[(f"replay/{col}" if col in weights + ("n_replay",) else f"update/{col}")] = v
-    exp["replay/buffer_size"] = len(buf)
-    if len(buf):
-        exp["replay/buffer_mean_reward"] = buf["reward"].mean()
+    if buf is not None:
+        exp["replay/buffer_size"] = len(buf)
+        if len(buf):
+            exp["replay/buffer_mean_reward"] = buf["reward"].mean()
     tied = [len(set(r[smp["group"] == g])) == 1 for g in sorted(set(smp["group"]))]
     tied_fresh = [len(set(r[(smp["group"] == g) & (src == "fresh")])) <= 1 for g in sorted(set(smp["group"]))]
     exp["groups/degenerate_share"], exp["groups/degenerate_share_fresh"] = np.mean(tied), np.mean(tied_fresh)

@@ -3,6 +3,7 @@ refused, naming the missing weights and the unreachable GenEval server; the same
 tiny SD3 snapshot and a stand-in GenEval server passes. ``startup_checks`` (the cheap part, for
 Snakemake's start-up) names the missing weights too."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,23 @@ REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "presets" / "sd35_geneval.yaml"
 
 
-def _preflight(*args, cwd=REPO):
+def _preflight(*args, cwd=REPO, path_first=None):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if path_first:  # a stand-in sinfo ahead of any real one (this machine's test cluster knows no 'gpu')
+        env["PATH"] = f"{path_first}{os.pathsep}{env['PATH']}"
     return subprocess.run([sys.executable, "-m", "opgrpo_stages.cli", "preflight", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+                          text=True, cwd=cwd, timeout=300, env=env)
+
+
+def _site_sinfo(bindir: Path) -> Path:
+    """``sinfo`` of a site with one partition 'gpu' (2-day limit), as the real one answers
+    ``sinfo -h -p P`` (one line per node state, nothing for an unknown P) and ``-o %l`` (the limit)."""
+    bindir.mkdir(exist_ok=True)
+    exe = bindir / "sinfo"
+    exe.write_text('#!/bin/sh\ncase " $* " in *" -p gpu "*) ;; *) exit 0 ;; esac\n'
+                   'case " $* " in *" -o %l "*) echo "2-00:00:00" ;; *) echo "gpu* up 2-00:00:00 4 idle n[1-4]" ;; esac\n')
+    exe.chmod(0o755)
+    return bindir
 
 
 def test_paper_preset_as_shipped_is_refused_naming_weights_and_server():
@@ -49,7 +64,8 @@ def test_paper_preset_with_standin_weights_and_server_passes(standins):
     prof["default-resources"].update(slurm_partition="gpu", slurm_account="me")
     (wd / "profile.yaml").write_text(yaml.safe_dump(prof))
     res = _preflight("--configfile", str(PRESET), "--configfile", str(wd / "overlay.yaml"), "--profile",
-                     str(wd / "profile.yaml"), "--time-limit", "2880", "--node-mem-gb", "512")
+                     str(wd / "profile.yaml"), "--time-limit", "2880", "--node-mem-gb", "512",
+                     path_first=_site_sinfo(wd / "bin"))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "BLOCKER" not in res.stdout and "answers as geneval" in res.stdout
     # a time limit below the job's walltime is a blocker naming the key

@@ -43,10 +43,13 @@ def step_of(run: str, k: int) -> int:
     return 0 if run == "base" else int(k) + 1
 
 
-def train_inputs(run: str, k: int) -> dict:
-    """The tables a training record reads (the Snakefile's inputs of its rule)."""
-    return {"samples": L.samples(run, k), "rewards": L.rewards(run, k), "metrics": L.metrics(run, k),
-            "buffer_table": L.buffer(run, k)[1]}
+def train_inputs(run: str, k: int, last: bool = False) -> dict:
+    """The tables a training record reads (the Snakefile's inputs of its rule). The buffer after the
+    run's ``last`` iteration is no stage's input, so it is never written and its record has none."""
+    out = {"samples": L.samples(run, k), "rewards": L.rewards(run, k), "metrics": L.metrics(run, k)}
+    if not last:
+        out["buffer_table"] = L.buffer(run, k)[1]
+    return out
 
 
 def heldout_inputs(run: str, k: int) -> dict:
@@ -97,7 +100,7 @@ def train_record(run: str, k: int, paths: dict | None = None) -> dict[str, float
     rew = tables.read(p["rewards"], "rewards")
     tables.check_aligned(p["samples"], smp, p["rewards"], rew)
     met = tables.read(p["metrics"], "update_metrics").iloc[0]
-    buf = tables.read(p["buffer_table"], "buffer")
+    buf = tables.read(p["buffer_table"], "buffer") if "buffer_table" in p else None
 
     r = rew["reward"].to_numpy(dtype=float)
     source = smp["source"].to_numpy()
@@ -117,8 +120,9 @@ def train_record(run: str, k: int, paths: dict | None = None) -> dict[str, float
     if int(met.get("n_replay", 0)) == 0:  # the weights are placeholders (1.0) without replayed samples
         for col in _REPLAY_COLS[1:]:
             rec.pop(f"replay/{col}", None)
-    rec["replay/buffer_size"] = float(len(buf))
-    rec["replay/buffer_mean_reward"] = _mean(buf["reward"].to_numpy(dtype=float))
+    if buf is not None:
+        rec["replay/buffer_size"] = float(len(buf))
+        rec["replay/buffer_mean_reward"] = _mean(buf["reward"].to_numpy(dtype=float))
     rec["groups/degenerate_share"], rec["groups/degenerate_share_fresh"] = degenerate_shares(
         smp["group"], smp["source"], r)
     for stage, s in stage_seconds(run, k).items():

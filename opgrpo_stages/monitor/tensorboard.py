@@ -53,7 +53,7 @@ def log_record(cfg: dict, run: str, kind: str, k: int, out: str, inputs: dict | 
     t0 = time.perf_counter()
     step = records.step_of(run, k)
     if kind == "train":
-        paths = inputs or records.train_inputs(run, k)
+        paths = inputs or records.train_inputs(run, k, last=k == int(cfg["train"]["iterations"]) - 1)
         rec = records.train_record(run, k, paths)
         images, written = {}, records.finished_at(paths["metrics"])
     elif kind == "heldout":
