@@ -219,3 +219,43 @@ def _compare_update(bb, cond, traj, params, adv, w, tc, sc):
     assert torch.equal(new_clipped, clipped[chunk]) and torch.equal(new_sq, sq[chunk])
     assert all(torch.equal(new_grads[k], ref_grads[k]) for k in params)
     assert any(bool(v.abs().sum() > 0) for v in new_grads.values())
+
+
+def test_update_microbatch_sends_its_step_rows_in_one_non_blocking_copy(backbones):
+    """The trained rows of each step (index tensors) go to the device once per microbatch, without
+    blocking, not once per trained step (issue 22: a blocking host-to-device copy at every step);
+    counted as the integer tensors' ``.to`` calls inside _train_chunk."""
+    from torch.overrides import TorchFunctionMode
+
+    from opgrpo_stages.formats.trajectories import Trajectories
+    from opgrpo_stages.stages.policy_update import _train_chunk
+
+    class IndexCopies(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.Tensor.to and args[0].dtype == torch.long:
+                self.calls.append(bool(kwargs.get("non_blocking", False)))
+            return func(*args, **kwargs)
+
+    bb, cond = backbones("sd3", "float32")
+    g = torch.Generator().manual_seed(3)
+    lat = torch.randn((N, STEPS + 1, *bb.latent_shape), generator=g)
+    logp_old = -torch.rand((N, STEPS), generator=g)
+    train = torch.ones((N, STEPS), dtype=torch.bool)
+    train[1, 2] = False  # a partial row set at the last step
+    traj = Trajectories(lat, bb.sigmas(STEPS), logp_old, logp_old.clone(), train, {})
+    tc = {"clip_range": 0.2, "kl_beta": 0.0, "kl_form": "flow_grpo"}
+    sc = {"noise_level": 0.7, "sde": "flow_grpo", "logp_reduction": "mean", "cps_logp": "flow_grpo"}
+    mode = IndexCopies()
+    with mode:
+        per_step, _, _ = _train_chunk(bb, cond, traj, torch.tensor([0, 1, 2]), list(range(STEPS)), ref_logp=logp_old,
+                                      ref_is_old=torch.ones_like(train), adv=torch.randn(N, generator=g),
+                                      w=torch.ones(N), denom=N * STEPS, first_step=False, tc=tc, sc=sc)
+    for p in bb.trainable_parameters().values():
+        p.grad = None
+    assert [j for j, _, _ in per_step] == list(range(STEPS))
+    assert mode.calls == [True]
