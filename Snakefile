@@ -403,6 +403,8 @@ rule evaluate_base:
         grid=update(L.eval_grid("base", 0)),
     params:
         *rerun_params("evaluate_base", lambda w: RUN_CFG[FIRST]),
+    resources:
+        **stage_resources("evaluate_base"),  # runtime from the config (cluster.py), on one GPU
     group:
         "base-eval"  # one cluster job with final_eval_base
     log:
@@ -428,6 +430,8 @@ rule final_eval:  # Table 1/2 metrics of a run's intermediate or best checkpoint
         table=update(L.final_eval("{run}", "{checkpoint}")),
     params:
         *rerun_params("final_eval"),
+    resources:
+        **stage_resources("final_eval"),  # runtime from the config (cluster.py), on one GPU
     wildcard_constraints:
         checkpoint="intermediate|best",
     group:
@@ -454,6 +458,8 @@ rule final_eval_base:
         table=update(L.final_eval("base", "base")),
     params:
         *rerun_params("final_eval_base", lambda w: RUN_CFG[FIRST]),
+    resources:
+        **stage_resources("final_eval_base"),  # runtime from the config (cluster.py), on one GPU
     group:
         "base-eval"
     log:

@@ -60,3 +60,52 @@ def test_runtime_scales_with_throughput_and_samples():
     # trajectories (1152 x 11 x 16x64x64 float32) and images (1152 x 512x512x3), twice
     held = 1152 * 11 * 16 * 64 * 64 * 4 + 1152 * 512 * 512 * 3
     assert cluster.mem_mb(r, "rollout") == int(r["cluster"]["host_mem_gb"] * 1024 + 2 * held / 2**20)
+
+
+def test_final_evaluation_runtime_is_derived_from_what_it_samples_and_scores():
+    """Issue 22: final_eval had the profile's fixed 60 minutes. On the paper preset with Table 2's
+    models configured it samples 8 x 300 x 10 T2I-CompBench++ images plus the held-out images again
+    (40 ODE steps each) on one GPU: hours; with no metric configured it samples nothing."""
+    r = _run_cfg("presets/sd35_geneval.yaml")
+    r["reward"]["options"]["t2i_compbench"] = {"server": {"url": "http://x:1"}}
+    assert cluster.t2i_compbench_images(r) == 8 * 300 * 10
+    per_image = 40 * 4.45 + 2.5
+    metrics = len(r["eval"]["metrics"])
+    m = cluster.heldout_images(r)  # 553 x 4
+    want = 60 + (m + 24000) * per_image / 300 + (metrics * m + 24000) * 0.05
+    assert cluster.expected_seconds(r, "final_eval") == pytest.approx(want)
+    assert cluster.runtime_minutes(r, "final_eval") == math.ceil(2 * want / 60) > 4 * 60
+    assert cluster.expected_seconds(r, "final_eval_base") == cluster.expected_seconds(r, "final_eval")
+    few = C.deep_merge(r, {"eval": {"metrics": [], "t2i_compbench": {"prompts_per_category": 5, "categories": ["color"]}}})
+    assert cluster.t2i_compbench_images(few) == 50
+    none = C.deep_merge(r, {"eval": {"metrics": [], "t2i_compbench": {"categories": []}}})
+    assert cluster.expected_seconds(none, "final_eval") == r["cluster"]["overhead_s"]
+    # the base model's held-out evaluation runs on one GPU whatever distributed says
+    eight = C.deep_merge(r, {"distributed": {"processes": 8}})
+    assert cluster.expected_seconds(eight, "evaluate_base") == cluster.expected_seconds(r, "evaluate") \
+        > cluster.expected_seconds(eight, "evaluate")
+
+
+def test_snakefile_asks_the_derived_runtime_for_the_final_evaluations(tmp_path):
+    """The dry run's resources of final_eval, final_eval_base and evaluate_base are cluster.py's
+    (before: none of their own, so the profile's fixed 60 minutes)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    over = {"reward": {"options": {"t2i_compbench": {"server": {"url": "http://x:1"}}}},
+            "cluster": {"reward_s_per_image": 0.2}}
+    (tmp_path / "over.yaml").write_text(yaml.safe_dump(over))
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(repo / "Snakefile"), "-d", str(tmp_path),
+                          "--configfile", str(repo / "config.yaml"), str(tmp_path / "over.yaml"), "--cores", "1",
+                          "runs/base/final.parquet", "runs/flowgrpo/final/best.parquet"],
+                         capture_output=True, text=True, timeout=300, cwd=repo)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    cfg = C.deep_merge(yaml.safe_load((repo / "config.yaml").read_text()), over)
+    r = C.resolve_run(cfg, "flowgrpo")
+    got = dict(re.findall(r"rule (\w+):(?:(?!\n    rule ).)*?resources: [^\n]*runtime=(\d+)", res.stdout, re.S))
+    for rule in ("final_eval", "final_eval_base", "evaluate_base"):
+        assert int(got[rule]) == cluster.runtime_minutes(r, rule), (rule, got)
+    assert int(got["final_eval"]) > 60

@@ -15,6 +15,12 @@ FLOP model (one sample; guided = both CFG branches in one call):
                  FlopCounterMode on SD3.5-M, issue 11; full fine-tuning: 3, weight gradients too)
   evaluate       eval.num_steps guided forwards + one decode per held-out image, plus scoring
   score          ``cluster.reward_s_per_image`` per image
+  evaluate_base  evaluate on the one GPU its rule asks for
+  final_eval     (also final_eval_base) on one GPU: the held-out images again when ``eval.metrics``
+                 names any metric (each metric scores them), plus Table 2's T2I-CompBench++ images
+                 (categories x prompts x ``images_per_prompt``) when its models are configured;
+                 counted as if every metric's model is configured (one that is not costs nothing,
+                 so the walltime errs long)
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import math
 
 TRAIN_FACTOR = {"lora": 9.54 / 4.45, "full": 3.0}
 STAGES = ("init_policy", "rollout", "score", "buffer_update", "policy_update", "evaluate")
+ONE_GPU = ("evaluate_base", "final_eval", "final_eval_base")  # sized from the config, on one GPU
 
 
 def _samples(cfg: dict) -> int:
@@ -49,9 +56,35 @@ def heldout_images(cfg: dict) -> int:
     return int(n) * int(cfg["eval"].get("samples_per_prompt", 1))
 
 
+def t2i_compbench_images(cfg: dict) -> int:
+    """Images Table 2 samples in one final evaluation (0 when no T2I-CompBench++ model is configured,
+    as ``stages.final_eval.needs_t2i_prompts``)."""
+    tc = cfg["eval"]["t2i_compbench"]
+    if not (tc["categories"] and cfg["reward"]["options"].get("t2i_compbench")):
+        return 0
+    from ..prompts.catalog import count
+
+    per = tc.get("prompts_per_category")
+    return sum(min(count(f"t2i_compbench_{c}"), per or 10**9) for c in tc["categories"]) * int(tc["images_per_prompt"])
+
+
+def _final_eval_seconds(cfg: dict) -> float:
+    cc = cfg["cluster"]
+    metrics = len(cfg["eval"].get("metrics") or ())
+    table1 = heldout_images(cfg) if metrics else 0
+    table2 = t2i_compbench_images(cfg)
+    per_image = int(cfg["eval"]["num_steps"]) * float(cc["tflop_per_forward"]) + float(cc["tflop_per_decode"])
+    scored = metrics * table1 + table2
+    return float(cc["overhead_s"]) + (table1 + table2) * per_image / float(cc["tflops"]) + scored * float(cc["reward_s_per_image"])
+
+
 def expected_seconds(cfg: dict, stage: str) -> float:
     """Expected wall time of one stage of one iteration on the job's GPUs."""
     cc = cfg["cluster"]
+    if stage in ("final_eval", "final_eval_base"):
+        return _final_eval_seconds(cfg)
+    if stage == "evaluate_base":
+        return expected_seconds(_one_gpu(cfg), "evaluate")
     d = cfg["distributed"]
     gpus = max(1, int(d.get("nodes", 1)) * int(d["processes"])) if stage in ("rollout", "score", "policy_update", "evaluate") else 1  # on every rank
     rate = float(cc["tflops"]) * gpus  # TFLOP/s
@@ -73,6 +106,11 @@ def expected_seconds(cfg: dict, stage: str) -> float:
     else:
         tflop = 0.0
     return float(cc["overhead_s"]) + tflop / rate
+
+
+def _one_gpu(cfg: dict) -> dict:
+    """The config as one rank sees it alone (a one-GPU job)."""
+    return {**cfg, "distributed": {**cfg["distributed"], "nodes": 1, "processes": 1}}
 
 
 def runtime_minutes(cfg: dict, stage: str) -> int:
@@ -154,10 +192,14 @@ def training_gres(cfg: dict) -> str:
 
 def rule_resources(stage: str, cfg_of, multi_node: bool, data_parallel: bool = False) -> dict:
     """A rule's ``resources:``, as callables of its wildcards (``cfg_of(run)`` gives the run's
-    config): runtime (minutes), host memory and CPUs of the stage (a group job sums its stages'
+    config, ``cfg_of("base")`` the base model's): runtime (minutes), host memory and CPUs of the stage
+    (``ONE_GPU`` stages: the runtime only) (a group job sums its stages'
     runtimes); with ``multi_node`` every training stage carries the same ``gres`` (a string
     resource must agree across a group job's stages) and no ``gpu_model``; ``data_parallel``
     stages (on every rank) ask one GPU per rank, on ``distributed.nodes`` nodes (:func:`gpu_resources`)."""
+    if stage in ONE_GPU:  # the runtime only: host memory and CPUs stay the profile's defaults
+        base = stage.endswith("_base")  # the base model's rules have no run wildcard: cfg_of("base")
+        return dict(runtime=lambda w: runtime_minutes(cfg_of("base" if base else w.run), stage))
     res = dict(runtime=lambda w: runtime_minutes(cfg_of(w.run), stage),
                mem_mb=lambda w: mem_mb(cfg_of(w.run), stage))
     if stage in STAGES:
