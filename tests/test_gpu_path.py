@@ -4,6 +4,8 @@ Reward devices (item 1): every model a reward builds gets ``runtime.device``; a 
 GPU run is refused unless ``reward.allow_cpu`` lists it; the paper preset scores through GenEval's
 evaluator server."""
 
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -352,3 +354,35 @@ def test_allow_cpu_reruns_nothing():
     del plain["reward"]["allow_cpu"]  # as a config written before the key existed records it
     for stage in ("score", "policy_update", "evaluate"):
         assert C.stage_params(plain, stage) == C.stage_params(allowed, stage), stage
+
+
+def test_each_rank_logs_its_cpu_affinity_and_peak_host_memory(monkeypatch):
+    """After each data-parallel stage every rank writes one line with its CPUs (as Slurm bound them)
+    and its peak host memory (ru_maxrss): what benchmarks/two_ranks.py prints per rank."""
+    from opgrpo_stages.execution import ranks
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 5}, raising=False)
+    line = ranks.resources_line(1, 2)
+    m = re.fullmatch(r"rank 1 of 2: CPU affinity 4 CPUs \[0-2,5\], peak host memory (\d+) MiB", line)
+    assert m and int(m.group(1)) > 0, line
+
+
+def test_gpu_check_runs_a_slurm_free_two_rank_iteration_script_that_works_on_cpu(tmp_path):
+    """benchmarks/gpu_check.sh's third step (2 GPUs visible) is benchmarks/two_ranks.py; on the CPU
+    (gloo) the same script runs one tiny SD3 iteration on the stages' own 2 local ranks and prints
+    each rank's CPU affinity and peak host memory for rollout, score and policy_update."""
+    import subprocess
+    import sys
+
+    script = (REPO / "benchmarks/gpu_check.sh").read_text()
+    assert "benchmarks/two_ranks.py --device" in script and "$gpus -ge 2" in script
+    assert subprocess.run(["bash", "-n", str(REPO / "benchmarks/gpu_check.sh")]).returncode == 0
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks/two_ranks.py"), "--device", "cpu", "--workdir",
+                          str(tmp_path / "wd")], capture_output=True, text=True, timeout=600, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = re.findall(r"^\s+(rollout|score|policy_update)\s+(\d)\s+(\d+)\s+(\S+)\s+(\d+)$", res.stdout, re.M)
+    assert sorted((s, int(r)) for s, r, *_ in rows) == sorted((s, r) for s in ("rollout", "score", "policy_update")
+                                                              for r in (0, 1)), res.stdout
+    assert all(int(n) >= 1 and int(mib) > 0 for *_, n, _cpus, mib in rows)
+    assert "no Slurm" in res.stdout

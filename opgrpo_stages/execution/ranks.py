@@ -329,6 +329,7 @@ def run(stage: str, fn, cfg: dict, iteration: int, paths: dict, log_path) -> Non
                     fn(cfg, iteration, **paths)
                 finally:
                     _LOCAL.dp = None
+                logger.info("%s", resources_line(0, pool.world))
         except BaseException as exc:
             with _POOL_LOCK:
                 if _POOL is pool:
@@ -338,6 +339,27 @@ def run(stage: str, fn, cfg: dict, iteration: int, paths: dict, log_path) -> Non
                 raise RankError(f"{stage} of run {cfg['run']} iteration {iteration} on {pool.world} ranks failed: "
                                 f"{type(exc).__name__}: {exc}; see {log_path} and {log_path}.rank<r>") from exc
             raise
+
+
+def _ranges(cpus) -> str:
+    """``[0, 1, 2, 5]`` -> ``0-2,5`` (as taskset and Slurm print CPU lists)."""
+    out, cpus = [], sorted(cpus)
+    for c in cpus:
+        if out and c == out[-1][1] + 1:
+            out[-1][1] = c
+        else:
+            out.append([c, c])
+    return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in out)
+
+
+def resources_line(rank: int, world: int) -> str:
+    """This rank's CPU affinity and peak host memory so far (``ru_maxrss``), logged after each of
+    its stages: whether Slurm gave it its share of the node's CPUs, and what --mem must cover."""
+    import resource
+
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return f"rank {rank} of {world}: CPU affinity {len(cpus)} CPUs [{_ranges(cpus)}], peak host memory {peak_mib:.0f} MiB"
 
 
 # -- the other ranks ----------------------------------------------------------------------------
@@ -377,6 +399,7 @@ def serve(device: str, from_slurm: bool = False) -> int:
                     _stage_function(stage)(cfg, iteration, **paths)
                 finally:
                     _LOCAL.dp = None
+                logger.info("%s", resources_line(rank, world))
         except BaseException:
             logging.getLogger("opgrpo").exception("rank %d: %s failed", rank, stage)
             os._exit(1)  # the other ranks fail in their next collective instead of waiting forever
