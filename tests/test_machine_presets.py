@@ -81,10 +81,14 @@ def test_overlays_fit_the_other_sd35_presets(preset, overlay):
         assert gpu_mem_gib(cfg) <= 80 * 0.95 and cfg["distributed"]["nodes"] * cfg["distributed"]["processes"] == MACHINES[overlay]
 
 
-def test_without_weights_the_only_blocker_is_model_path(standins):  # noqa: F811
+def test_without_weights_the_only_blocker_is_model_path(standins, monkeypatch):  # noqa: F811
+    import os
+
     from opgrpo_stages.preflight import checks
 
     wd, _, url = standins
+    # the stand-in site's sinfo ahead of any real one (this machine's test cluster knows no 'gpu')
+    monkeypatch.setenv("PATH", f"{_site_sinfo(wd / 'bin')}{os.pathsep}{os.environ['PATH']}")
     for overlay in MACHINES:
         config = _merged(yaml.safe_load(PRESET.read_text()), overlay, {"reward": {"options": {"geneval": {"server": {"url": url}}}}})
         rows = checks(config, {"default-resources": {"slurm_partition": "gpu", "slurm_account": "me"}},
