@@ -269,7 +269,12 @@ def test_docs_points_of_round_two():
     assert "--index-url https://download.pytorch.org/whl/cpu" in readme
     assert "Recovering from a refused input" in readme
     presets = readme.split("## Real models")[1].split("##")[0]
-    assert ".[slurm]" in presets  # the preset commands say they need the plugin
+    assert "includes the Slurm executor plugin" in presets  # the preset commands say where the plugin comes from
+    # the plain install brings the profile's executor: no Snakemake usage dump for `--profile profiles/slurm`
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("snakemake-executor-plugin-slurm>=") for d in deps), deps
     arch = (REPO / "docs/architecture.md").read_text()
     for target in re.findall(r"`(\.\./[^`]+)`|\]\(([^)#]+)\)", arch):
         path = next(t for t in target if t)

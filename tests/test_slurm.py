@@ -44,7 +44,7 @@ def slurm():
     if shutil.which("slurmctld", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") is None:
         _unavailable("SLURM is not installed (as root: tests/slurm/local_slurm.sh install)")
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
-        _unavailable("the slurm extra is not installed (pip install -e '.[slurm]')")
+        _unavailable("the Slurm executor plugin is not installed (pip install -e .)")
     env = dict(os.environ)
     res = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, env=env, timeout=120)
     if res.returncode != 0:
