@@ -106,3 +106,25 @@ def test_secondaries_are_paired_differences_with_t_intervals():
 def test_unpaired_shapes_are_refused():
     with pytest.raises(ValueError, match="paired"):
         S.analyse(XS, np.zeros((3, 7)), np.zeros((4, 7)), np.random.default_rng(0))
+
+
+def test_shipped_speedup_experiment_follows_the_preregistered_design():
+    """docs/speedup.md: two arms, >= 16 paired seeds each, T = 12, EMA off, 288 x 1 held-out after
+    iterations 2, 4, ..., 12, groups of 16 x 8 prompts, the main job's OP-GRPO, common streams."""
+    from pathlib import Path
+
+    from opgrpo_stages import config as C
+    from opgrpo_stages import layout as L
+
+    cfg = C.expand_seed_runs(C.load(Path(__file__).resolve().parents[1] / "config.yaml"))
+    runs = cfg["experiments"]["speedup"]
+    arms = {"sp_flowgrpo": [], "sp_opgrpo": []}
+    for r in runs:
+        rc = C.resolve_run(cfg, r)
+        arms[r.split("-seed")[0]].append(rc["seed"])
+        assert rc["train"]["iterations"] == 12 and not rc["train"]["ema"]["enabled"]
+        assert (rc["train"]["group_size"], rc["train"]["prompts_per_iteration"]) == (16, 8)
+        assert rc["eval"]["samples_per_prompt"] == 1 and [k + 1 for k in L.eval_iterations(rc)] == [2, 4, 6, 8, 10, 12]
+        assert rc["seed_streams"] == "common" and "value" not in rc["reward"].get("options", {}).get("geneval", {})
+        assert rc["replay"]["fraction"] == (0.25 if r.startswith("sp_opgrpo") else 0.0)
+    assert sorted(arms["sp_flowgrpo"]) == sorted(arms["sp_opgrpo"]) and len(set(arms["sp_flowgrpo"])) >= 16
