@@ -128,3 +128,15 @@ def test_shipped_speedup_experiment_follows_the_preregistered_design():
         assert rc["seed_streams"] == "common" and "value" not in rc["reward"].get("options", {}).get("geneval", {})
         assert rc["replay"]["fraction"] == (0.25 if r.startswith("sp_opgrpo") else 0.0)
     assert sorted(arms["sp_flowgrpo"]) == sorted(arms["sp_opgrpo"]) and len(set(arms["sp_flowgrpo"])) >= 16
+
+
+def test_speedup_table_states_ratio_decision_guard_and_seeds():
+    from opgrpo_stages.report.speedup_tables import markdown
+
+    flow, op = _arms(0.5)
+    md = markdown(S.analyse(XS, flow, op, np.random.default_rng(1), b=500), {"sp_flowgrpo": 16, "sp_opgrpo": 16})
+    assert "**speed-up shown**" in md and "paired BCa bootstrap over 16 seed pairs" in md
+    assert "sp_flowgrpo 16, sp_opgrpo 16" in md and "guard: Flow-GRPO's gain" in md
+    flat, op = _arms(0.5, gain=0.0, noise=0.01)
+    md = markdown(S.analyse(XS, flat, op, np.random.default_rng(1), b=200), {"sp_flowgrpo": 16, "sp_opgrpo": 16})
+    assert "not computed | this regime cannot test the claim" in md and f"**{S.CANNOT_TEST}**" in md
