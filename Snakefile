@@ -14,6 +14,7 @@ from snakemake.utils import min_version, validate
 from opgrpo_stages import config as C
 from opgrpo_stages.execution import workflow as X
 from opgrpo_stages import layout as L
+from opgrpo_stages import startup
 
 min_version("9.20")
 sys.setrecursionlimit(100000)  # long iteration chains recurse deeply in the DAG builder
@@ -65,6 +66,8 @@ RUNS = list(config["runs"])
 EXPERIMENTS = config["experiments"]
 RUN_CFG = {r: C.resolve_run(config, r, SOURCES["name"]) for r in RUNS}
 FIRST = RUNS[0]
+# what can be known before any job: the targets' runs exist, their model.path and prompt files too
+startup.check(config, RUN_CFG, workflow.config_settings.config, sys.argv)
 
 
 def cfg_of(run):
@@ -83,9 +86,9 @@ def K(w):
     return k
 
 
-def rerun_params(stage, cfg_for=lambda w: RUN_CFG[w.run]):
+def rerun_params(stage, cfg_for=lambda w: RUN_CFG[w.run], configs=None):
     """`params:` recording the config keys the stage depends on (rerun trigger `params`, see C.stage_params)."""
-    return C.rule_params(stage, cfg_for, RUN_CFG.values())
+    return C.rule_params(stage, cfg_for, configs or RUN_CFG.values())
 
 
 def iteration_group(w):
@@ -120,7 +123,7 @@ wildcard_constraints:
     split="train|heldout|t2i_compbench",
 
 
-localrules: all, prompts, report
+localrules: all, prompts, report, tensorboard
 
 
 def report_files(exp):
@@ -129,9 +132,25 @@ def report_files(exp):
     return list(outputs_for(exp).values())
 
 
+# Watching a run (README): each iteration's record and each held-out evaluation, read from the tables
+# above into a TensorBoard event file (`tensorboard --logdir runs`) and, with `logging.wandb`, to wandb.
+# In the main Snakemake process, as soon as the tables exist; it writes no results file.
+from opgrpo_stages.monitor import records, wandb_feed
+
+wandb_feed.check(RUN_CFG.values(), SOURCES["name"])  # wandb missing or not logged in: one line, before any job
+
+
+def monitor_files(exp):
+    runs = EXPERIMENTS[exp]
+    return ([L.events("base", "heldout", 0)]
+            + [L.events(r, "train", k) for r in runs for k in range(last_iter(r) + 1)]
+            + [L.events(r, "heldout", k) for r in runs for k in L.eval_iterations(RUN_CFG[r])])
+
+
 rule all:
     input:
         report_files("main"),
+        monitor_files("main"),
 
 
 for _exp in EXPERIMENTS:  # one target per experiment: `snakemake ablations`, `snakemake seeds`
@@ -141,6 +160,7 @@ for _exp in EXPERIMENTS:  # one target per experiment: `snakemake ablations`, `s
             _exp
         input:
             report_files(_exp),
+            monitor_files(_exp),
 
 
 rule prompts:
@@ -382,7 +402,7 @@ rule evaluate_base:
         table=update(L.eval_table("base", 0)),
         grid=update(L.eval_grid("base", 0)),
     params:
-        *rerun_params("evaluate", lambda w: RUN_CFG[FIRST]),
+        *rerun_params("evaluate_base", lambda w: RUN_CFG[FIRST]),
     group:
         "base-eval"  # one cluster job with final_eval_base
     log:
@@ -433,7 +453,7 @@ rule final_eval_base:
     output:
         table=update(L.final_eval("base", "base")),
     params:
-        *rerun_params("final_eval", lambda w: RUN_CFG[FIRST]),
+        *rerun_params("final_eval_base", lambda w: RUN_CFG[FIRST]),
     group:
         "base-eval"
     log:
@@ -447,13 +467,19 @@ rule final_eval_base:
 
 
 def report_inputs(w):
+    """Every file the report reads (stages/report.py), so a missing one is regenerated first."""
     from opgrpo_stages.stages.report import final_inputs
 
-    out = {"base": L.eval_table("base", 0), "final": final_inputs(EXPERIMENTS[w.exp])}
+    out = {"base": L.eval_table("base", 0), "base_grid": L.eval_grid("base", 0), "final": final_inputs(EXPERIMENTS[w.exp])}
     for r in EXPERIMENTS[w.exp]:
-        n = RUN_CFG[r]["train"]["iterations"]
+        n, evals = RUN_CFG[r]["train"]["iterations"], L.eval_iterations(RUN_CFG[r])
         out[f"{r}_metrics"] = [L.metrics(r, k) for k in range(n)]
-        out[f"{r}_eval"] = [L.eval_table(r, k) for k in L.eval_iterations(RUN_CFG[r])]
+        out[f"{r}_samples"] = [L.samples(r, k) for k in range(n)]
+        out[f"{r}_rewards"] = [L.rewards(r, k) for k in range(n)]
+        if RUN_CFG[r]["replay"]["fraction"] > 0:  # buffer size, reward and age curves
+            out[f"{r}_buffer"] = [L.buffer(r, k)[1] for k in range(n - 1)]
+        out[f"{r}_eval"] = [L.eval_table(r, k) for k in evals]
+        out[f"{r}_grid"] = L.eval_grid(r, evals[-1])  # the last checkpoint's samples in the grid figure
     return out
 
 
@@ -482,7 +508,7 @@ rule report:
         table2_csv=report(L.results("{exp}") + "/tables/table2.csv", category="{exp}", subcategory="Tables",
                           caption="report/table2.rst"),
         table2_md=L.results("{exp}") + "/tables/table2.md",
-        # issue 14: the paper's claims over seeds (stages/report_seeds.py)
+        # issue 14: the paper's claims over seeds (opgrpo_stages/report/seeds.py)
         training_curves=L.results("{exp}") + "/tables/training_curves.csv",
         degenerate=report(L.results("{exp}") + "/tables/degenerate_groups.csv", category="{exp}", subcategory="Tables",
                           caption="report/degenerate.rst"),
@@ -501,6 +527,8 @@ rule report:
                      caption="report/fig6.rst"),
         fig6b=report(L.results("{exp}") + "/figures/fig6b_replay_fraction.png", category="{exp}", subcategory="Training",
                      caption="report/fig6.rst"),
+    params:
+        *rerun_params("report", lambda w: config, [config]),  # the `report` section
     log:
         L.log("report_{exp}.log"),
     run:
@@ -508,3 +536,20 @@ rule report:
 
         with X.rule_log(log[0]):
             make_report(config, EXPERIMENTS[wildcards.exp], outputs=dict(output))
+
+
+rule tensorboard:  # the record of one iteration (or evaluation) of one run: see monitor_files
+    input:
+        unpack(lambda w: records.train_inputs(w.run, int(w.iter), last=int(w.iter) == last_iter(w.run)) if w.kind == "train"
+               else records.heldout_inputs(w.run, int(w.iter))),
+    output:
+        L.events("{run}", "{kind}", "{iter}"),
+    wildcard_constraints:
+        kind="train|heldout",
+    log:
+        L.log("{run}/tensorboard_{kind}_{iter}.log"),
+    run:
+        from opgrpo_stages.monitor.tensorboard import job_log, log_record
+
+        with job_log(log[0]):
+            log_record(cfg_of(wildcards.run), wildcards.run, wildcards.kind, int(wildcards.iter), output[0], dict(input))

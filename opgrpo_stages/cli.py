@@ -8,7 +8,7 @@
     opgrpo prompts --split train
     opgrpo embed_prompts --split train                     # text-encoder embeddings (sd3, wan)
     opgrpo report --experiment main                        # figures and tables under results/
-    opgrpo status                                          # each run's last finished iteration
+    opgrpo status [--watch] [snakemake arguments]          # how the command's runs are going
 
 Every path a stage reads or writes is an option (``--policy-path``, ``--out-samples`` ...);
 ``opgrpo <stage> --help`` lists them with their defaults for the given run and iteration.
@@ -46,7 +46,8 @@ COMMANDS = {
     "prompts": ("write a prompt set", ("split", "out")),
     "embed_prompts": ("text-encoder embeddings of a prompt set (sd3, wan)", ("split", "out")),
     "report": ("figures and tables of an experiment under results/<experiment>/", ("experiment",)),
-    "status": ("each run's last finished iteration and what the next one has done", ("run",)),
+    "status": ("how the runs of a snakemake command are going (takes its arguments: targets, --configfile, "
+               "--config, --profile; --watch [SECONDS] refreshes)", ("run",)),
 }
 
 
@@ -85,12 +86,25 @@ def _stage_parser(stage: str, add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["preflight"]:  # a config's checks before any GPU hour (opgrpo_stages/preflight.py)
+        from .preflight import main as preflight
+
+        return preflight(argv[1:])
     top = argparse.ArgumentParser(prog="opgrpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("stage", choices=list(COMMANDS), help="; ".join(f"{k}: {v[0]}" for k, v in COMMANDS.items()))
     if not argv or argv[0] not in COMMANDS:  # `opgrpo`, `opgrpo --help`, an unknown stage
         top.parse_args(argv[:1])
         return 2
     stage, rest = argv[0], argv[1:]
+    if stage == "status":  # reads the config as Snakemake does, from Snakemake's arguments
+        from .errors import OpgrpoError
+        from .monitor.status import main as status_main
+
+        try:
+            return status_main(rest)
+        except OpgrpoError as exc:
+            print(f"opgrpo status: error: {exc}", file=sys.stderr)
+            return 2
     known, _ = _stage_parser(stage, add_help=False).parse_known_args(rest)
     wants_help = "-h" in rest or "--help" in rest
     logging.basicConfig(level=logging.DEBUG if known.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -128,11 +142,6 @@ def main(argv=None) -> int:
         def run_cfg(name):
             return config_mod.resolve_run(cfg_all, first if name == "base" else name, known.config)
 
-        if stage == "status":
-            from .status import status
-
-            print(status(cfg_all, [args["run"]] if args["run"] else None))
-            return 0
         if stage == "pretrain":
             from .stages.pretrain import pretrain
 

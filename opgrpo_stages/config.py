@@ -238,23 +238,31 @@ def validate_sources(cfg: dict, files: list, overrides: dict | None = None) -> d
 
 
 # Rerun triggers. Each stage output records the run's resolved config as Snakemake `params` (one
-# `section=<JSON>` per top-level section), and the profiles set the `params` rerun trigger: editing
-# a key reruns the stages that depend on it, and Snakemake's "Params have changed" reason shows the
-# section's old and new values. These keys change no stage output (edit them freely: nothing reruns);
-# `train.iterations` is among them so that raising it extends a run instead of redoing it.
+# `section=<JSON>` per top-level section the stage depends on), and the profiles set the `params`
+# rerun trigger: editing a key reruns the stages that depend on it. What counts as a change, and
+# the dry run's reason (`train.lr: 0.0001 -> 0.0003`), is :func:`params_change`, which Snakemake
+# uses (execution/snakemake_patches.py). These keys change no stage output (edit them freely:
+# nothing reruns); `train.iterations` is among them so that raising it extends a run instead of
+# redoing it.
 NEVER_RERUN = ("train.iterations", "runtime", "distributed", "cluster", "storage", "output_root", "report",
-               "pretrain", "experiments", "seeds", "experiment_seeds")
+               "pretrain", "experiments", "seeds", "experiment_seeds", "logging")
 _TRAINING_IGNORES = NEVER_RERUN + ("eval", "prompts.heldout")
+# the base model is never trained: its evaluation does not depend on the training keys
+_BASE_IGNORES = NEVER_RERUN + ("prompts.train", "train", "replay")
 STAGE_IGNORES = {
     "init_policy": _TRAINING_IGNORES, "rollout": _TRAINING_IGNORES, "score": _TRAINING_IGNORES,
     "buffer_update": _TRAINING_IGNORES, "policy_update": _TRAINING_IGNORES,
     "evaluate": NEVER_RERUN + ("prompts.train",), "final_eval": NEVER_RERUN + ("prompts.train",),
-    "report": tuple(k for k in NEVER_RERUN if k not in ("report", "train.iterations")),
+    "evaluate_base": _BASE_IGNORES, "final_eval_base": _BASE_IGNORES,
 }
+# stages that depend on these sections only (the report reads every other input as a file)
+STAGE_ONLY = {"report": ("report",)}
+
+
 def _flat(cfg: dict) -> dict:
     """{'sampling': '{...}', 'prompts.train': '{...}', ...}: one JSON value per section (one params
-    function per section keeps the DAG of a 1,000-iteration run fast); `prompts` per split, and
-    `train` without `iterations`."""
+    function per section keeps the DAG of a 1,000-iteration run fast); `prompts` per split,
+    `train` without `iterations`, `reward` without `allow_cpu`."""
     import json
 
     out = {}
@@ -264,6 +272,8 @@ def _flat(cfg: dict) -> dict:
                 out[f"prompts.{kk}"] = vv
         elif k == "train" and isinstance(v, dict):
             out[k] = {kk: vv for kk, vv in v.items() if kk != "iterations"}
+        elif k == "reward" and isinstance(v, dict):  # where a reward model may run changes no score
+            out[k] = {kk: vv for kk, vv in v.items() if kk != "allow_cpu"}
         else:
             out[k] = v
     return {k: json.dumps(v, sort_keys=True, default=str) for k, v in out.items()}
@@ -271,10 +281,69 @@ def _flat(cfg: dict) -> dict:
 
 def stage_params(cfg: dict, stage: str) -> list[str]:
     """The ``key=value`` strings a stage's outputs record (its rerun trigger), sorted."""
-    ignore = STAGE_IGNORES.get(stage, NEVER_RERUN)
     flat = _flat({k: v for k, v in cfg.items() if k != "run"})
+    if stage in STAGE_ONLY:
+        return sorted(f"{k}={v}" for k, v in flat.items() if k.split(".")[0] in STAGE_ONLY[stage])
+    ignore = STAGE_IGNORES.get(stage, NEVER_RERUN)
     return sorted(f"{k}={v}" for k, v in flat.items()
                   if k not in ignore and k.split(".")[0] not in ignore)
+
+
+def _sections(records) -> dict:
+    """{'train': {'train.lr': '0.0001', ...}, ...}: the leaf keys of recorded ``section=<JSON>``
+    params (Snakemake stores each as its repr), values as JSON, per section."""
+    import ast
+    import json
+
+    out: dict = {}
+    for rec in records or ():
+        if isinstance(rec, str) and rec[:1] in ("'", '"'):
+            try:
+                rec = ast.literal_eval(rec)
+            except (ValueError, SyntaxError):
+                pass
+        if not isinstance(rec, str) or "=" not in rec:
+            continue  # "" pads a rule's params (rule_params)
+        section, _, raw = rec.partition("=")
+        leaves = out.setdefault(section, {})
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            leaves[section] = raw
+            continue
+
+        def walk(key, v):
+            if isinstance(v, dict) and v:
+                for kk, vv in v.items():
+                    walk(f"{key}.{kk}", vv)
+            else:
+                leaves[key] = json.dumps(v, sort_keys=True)
+
+        walk(section, value)
+    return out
+
+
+def params_change(old_records, new_records) -> dict:
+    """``{key: (old, new)}``: the config keys whose recorded value differs from the current one
+    (None: absent on that side). A section the output did not record (a dependency it did not
+    have) is all change; a recorded section the stage no longer depends on is none: a stage that
+    stops depending on a key (a code change) reruns nothing, as code edits never do."""
+    old, new = _sections(old_records), _sections(new_records)
+    change = {}
+    for section, leaves in new.items():
+        before = old.get(section, {})
+        for k in sorted(set(leaves) | set(before)):
+            if before.get(k) != leaves.get(k):
+                change[k] = (before.get(k), leaves.get(k))
+    return dict(sorted(change.items()))
+
+
+def format_params_change(change: dict) -> str:
+    """``train.lr: 0.0001 -> 0.0003; reward.terms.brightness: 1.0 -> (none)``."""
+    def show(v):
+        return "(none)" if v is None else v
+
+    return "; ".join(f"{k}: {show(a)} -> {show(b)}" for k, (a, b) in change.items())
 
 
 def rule_params(stage: str, cfg_for, configs) -> list:

@@ -12,6 +12,7 @@ pipeline's rule would.
     runs/<run>/eval/iter_<k>.parquet, iter_<k>.png     (held-out evaluation of the policy after k)
     runs/base/eval.parquet, eval.png                   (the base model, shared by all runs)
     runs/<run>/final/{intermediate,best}.parquet, runs/base/final.parquet   (Table 1/2 metrics)
+    runs/<run>/events.out.tfevents.{train,heldout}_<k>  (TensorBoard records, opgrpo_stages/monitor)
 The policy *after* iteration k lives in iter_<k>; iteration k samples with the policy of k-1
 (or ``init`` for k = 0). ``results/<experiment>/`` holds the report, ``logs/`` the stages' logs.
 With ``output_root: <dir>`` in the config (each preset sets its own), runs/, results/ and logs/
@@ -114,6 +115,12 @@ def eval_table(run, k):
 
 def eval_grid(run, k):
     return eval_table(run, k).replace(".parquet", ".png")
+
+
+def events(run, kind, k):
+    """TensorBoard event file of one record (``kind`` train or heldout) of iteration k; a run's
+    files share its directory, which TensorBoard shows as one run (opgrpo_stages/monitor)."""
+    return f"{RUNS}/{run}/events.out.tfevents.{kind}_{fmt(k)}"
 
 
 def final_eval(run, checkpoint):

@@ -39,17 +39,30 @@ def score_from_level_logits(logits) -> np.ndarray:
     return (z / z.sum(axis=1, keepdims=True)) @ np.asarray(LEVEL_SCORES, np.float64)
 
 
+def load_tokenizer(model_dir):
+    """DeQA-Score's tokenizer as upstream loads it (``src/model/builder.py``: ``use_fast=False``),
+    before the 7B model: its ``tokenizer_config.json`` (``legacy: false``) makes transformers 4.36
+    import protobuf even for the slow tokenizer, which must fail at once with what to install."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, use_fast=False, local_files_only=True)
+    except ImportError as e:
+        raise S.StartupError(TOOL, f"the tokenizer of {model_dir} cannot load ({' '.join(str(e).split())[:300]}); "
+                                   f"install servers/requirements-deqa.txt (it pins protobuf and sentencepiece)") from None
+
+
 class OfficialDeqa:
     def __init__(self, model_dir, device, dtype="float16"):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor
+        from transformers import AutoModelForCausalLM, CLIPImageProcessor
 
         self.torch, self.device = torch, device
+        self.tokenizer = load_tokenizer(model_dir)
+        self.image_processor = CLIPImageProcessor.from_pretrained(model_dir, local_files_only=True)
         self.model = AutoModelForCausalLM.from_pretrained(
             model_dir, trust_remote_code=True, attn_implementation="eager", torch_dtype=getattr(torch, dtype),
             local_files_only=True).to(device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        self.image_processor = CLIPImageProcessor.from_pretrained(model_dir, local_files_only=True)
         self.level_ids = [ids[1] for ids in self.tokenizer(list(LEVELS))["input_ids"]]
         self.input_ids = torch.tensor([self.tokenizer_image_token(PROMPT)], device=device)
         self.fill = tuple(int(x * 255) for x in self.image_processor.image_mean)
@@ -83,11 +96,7 @@ def official_models(args):
     if not args.model_dir or not (Path(args.model_dir) / "config.json").exists():
         raise S.StartupError(TOOL, f"--model-dir {args.model_dir}: expected a local snapshot of "
                                    f"zhiyuanyou/DeQA-Score-Mix3 (config.json, weights, remote code)")
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise S.StartupError(TOOL, f"--device {args.device} but torch sees no CUDA GPU")
+    S.check_gpu(TOOL, args.device)  # PyPI's torch 2.0.1 is a CUDA 11.7 build: no Hopper (sm_90) code
     identity = {"checkpoints": {"deqa_score_mix3": S.sha256_tree(args.model_dir)},
                 "models": {"scorer": "zhiyuanyou/DeQA-Score-Mix3"}}
     return OfficialDeqa(args.model_dir, args.device, args.dtype), identity

@@ -93,13 +93,8 @@ def check_cuda_ops(device: str) -> None:
         return
     import torch
 
-    if not torch.cuda.is_available():
-        raise S.StartupError(TOOL, f"--device {device} but torch {torch.__version__} sees no CUDA GPU")
+    S.check_gpu(TOOL, device)  # torch's build runs here (compatible architectures count: sm_86 on sm_89)
     major, minor = torch.cuda.get_device_capability(torch.device(device))
-    arch = f"sm_{major}{minor}"
-    if arch not in torch.cuda.get_arch_list():
-        raise S.StartupError(TOOL, f"torch {torch.__version__} has no kernels for this GPU ({arch}; built for "
-                                   f"{torch.cuda.get_arch_list()}): install a torch build for it (docs/evaluators.md)")
     try:
         from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttnFunction,
                                                       multi_scale_deformable_attn_pytorch)
@@ -156,6 +151,9 @@ def official_models(args):
 
 class GenevalTool:
     name = TOOL
+    # request options: detector_channels "rgb" gives mmdet RGB arrays as Flow-GRPO's reward server
+    # does (its training reward); "bgr" is GenEval's (rewards/geneval.py)
+    options = {"detector_channels": ("bgr", "rgb")}
 
     def __init__(self, detector, colors, identity):
         self.detector, self.colors = detector, colors
@@ -163,12 +161,18 @@ class GenevalTool:
                          "protocol": P.PROTOCOL, "thresholds": THRESHOLDS,
                          "packages": S.package_versions(PACKAGES), **identity}
 
-    def score(self, ids, images, prompts, metadata):
+    def score(self, ids, images, prompts, metadata, options=None):
+        for i, m in zip(ids, metadata):
+            if "tag" not in m:
+                raise P.RequestError(f"item {i!r}: metadata has no GenEval 'tag' (expected GenEval metadata)")
+        channels = (options or {}).get("detector_channels", "bgr")
+        if channels != "bgr" and not hasattr(self.detector, "input_channels"):
+            raise P.RequestError(f"detector_channels {channels!r}: this server's detector takes no channel order")
+        if hasattr(self.detector, "input_channels"):
+            self.detector.input_channels = channels  # per request; batches run one at a time (_serve)
         dets = self.detector.detect(images)
         out = []
         for i, m, d, im in zip(ids, metadata, dets, images):
-            if "tag" not in m:
-                raise ValueError(f"item {i!r}: metadata has no GenEval 'tag' (expected GenEval metadata)")
             s = G.evaluate_image(m, d, image=im, color_classifier=self.colors, **THRESHOLDS)
             out.append(P.record(i, s.reward, {"strict": float(s.correct)}, {"reasons": s.reasons}))
         return out

@@ -106,3 +106,31 @@ def test_setup_torch_sets_what_gpu_determinism_needs(monkeypatch):
             run("off")
     finally:
         run("warn")
+
+
+def test_rerun_params_follow_what_each_stage_reads():
+    """Issue 25: the base model's evaluation does not depend on training keys; the report only on
+    `report`; the dry run's reason names keys, old -> new."""
+    from conftest import tiny_config
+    from opgrpo_stages import config as C
+
+    cfg = C.resolve_run(tiny_config(), "flowgrpo")
+    sections = lambda stage: {p.split("=")[0] for p in C.stage_params(cfg, stage)}  # noqa: E731
+    assert "train" in sections("evaluate") and "train" not in sections("evaluate_base")
+    assert not {"train", "replay", "prompts.train"} & sections("final_eval_base")
+    assert sections("report") == {"report"}
+    assert {"train", "replay", "sampling"} <= sections("policy_update") and "eval" not in sections("policy_update")
+
+
+def test_params_change_is_key_by_key():
+    from opgrpo_stages import config as C
+
+    old = [repr('train={"clip": 1, "lr": 0.0001}'), repr('reward={"terms": {"a": 1.0, "b": 2.0}}'),
+           repr('eval={"every": 5}'), repr("")]
+    new = ['train={"clip": 1, "lr": 0.0003}', 'reward={"terms": {"a": 1.0}}', 'report={"grid_prompts": 12}']
+    change = C.params_change(old, new)
+    assert change == {"report.grid_prompts": (None, "12"), "reward.terms.b": ("2.0", None),
+                      "train.lr": ("0.0001", "0.0003")}  # `eval`, no longer a dependency: no change
+    assert C.format_params_change(change) == \
+        "report.grid_prompts: (none) -> 12; reward.terms.b: 2.0 -> (none); train.lr: 0.0001 -> 0.0003"
+    assert C.params_change(old, old) == {} and C.params_change(old, new[:1] + old[1:]) == {"train.lr": ("0.0001", "0.0003")}

@@ -308,7 +308,8 @@ def test_replayed_suffix_is_regenerated_as_configured(stage_dir, regenerate):
 
 
 def test_report_summarises_the_weight_spread():
-    from opgrpo_stages.stages.report import _weight_section, weight_spread
+    from opgrpo_stages.report.experiment import weight_spread
+    from opgrpo_stages.report.tables import weight_section
 
     metrics = pd.DataFrame({"n_replay": [0, 2, 3], "weight_min": [1.0, 0.999, 0.998],
                             "weight_max": [1.0, 1.001, 1.003], "weight_std": [0.0, 0.0005, 0.001]})
@@ -319,4 +320,4 @@ def test_report_summarises_the_weight_spread():
     row = table.iloc[0]
     assert (row["weight_min"], row["weight_max"]) == (0.998, 1.003)
     assert row["weight_std_mean"] == pytest.approx(0.00075)  # iterations with replay only
-    assert "Sequence weight" in _weight_section(table) and _weight_section(table.iloc[:0]) == ""
+    assert "Sequence weight" in weight_section(table) and weight_section(table.iloc[:0]) == ""

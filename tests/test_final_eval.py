@@ -124,7 +124,8 @@ def _final(model, checkpoint, k, table1: dict, table2: dict):
 
 def test_paper_tables_layout(tmp_path, monkeypatch):
     from opgrpo_stages.formats import tables
-    from opgrpo_stages.stages.report import outputs_for, paper_tables, write_paper_tables
+    from opgrpo_stages.report.tables import paper_tables, write_paper_tables
+    from opgrpo_stages.stages.report import outputs_for
 
     monkeypatch.chdir(tmp_path)
     cfg = tiny_config()

@@ -70,11 +70,12 @@ def _snakemake(workdir, fault=None, timeout=600):
 
 
 def _artifacts(workdir):
-    """sha256 of every file the run produced (logs and Snakemake's own records excluded)."""
+    """sha256 of every file the run produced (logs, Snakemake's own records and TensorBoard event files,
+    which hold the stages' timings like the logs, excluded)."""
     out = {}
     for top in ("runs", "results"):
         for p in sorted((workdir / top).rglob("*")):
-            if p.is_file():
+            if p.is_file() and "tfevents" not in p.name:
                 out[str(p.relative_to(workdir))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 

@@ -34,7 +34,7 @@ def _experiment(wd, nodes):
     cfg = tiny_config(train={"iterations": ITERATIONS, "prompts_per_iteration": 2, "group_size": 4, "minibatches": 2,
                              "microbatch": 2},
                       sampling={"batch_size": 4}, distributed={"nodes": nodes, "processes": 1},
-                      cluster={"iterations_per_job": ITERATIONS})
+                      cluster={"iterations_per_job": ITERATIONS, "cpus_per_rank": 1})  # 2-CPU test nodes
     cfg["runs"] = {RUN: {"replay": {"fraction": 0.5, "truncation": 2}}}  # replayed groups are shared out too
     wd.mkdir(parents=True, exist_ok=True)
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))

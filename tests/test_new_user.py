@@ -2,7 +2,10 @@
 tiny config.yaml in a temporary folder) driven by the repository's own `profiles/local`, so the
 README's commands run there as written: wrong-run inputs refused, config edits rerun (naming the
 key), byte-identical files rerun nothing, a corrupt input keeps the good files, iterations from
-the command line, the report, a request past the last iteration, `opgrpo status`."""
+the command line, the report, a request past the last iteration, `opgrpo status`; round two (issue
+25): a refused input stays refused on every rerun, the report regenerates a deleted input, config
+edits rerun only what depends on the key, start-up errors for typos and missing paths, the docs'
+commands."""
 
 import hashlib
 import json
@@ -57,7 +60,8 @@ def _mini_clone(wd: Path, cfg: dict) -> Path:
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory):
     # prompts.train: > 1 MB, more than Snakemake's default checksum limit (the main job's files are)
-    cfg = tiny_config(train={"iterations": ITERS}, eval={"every": 2}, prompts={"train": {"n": 8000}})
+    cfg = tiny_config(train={"iterations": ITERS}, eval={"every": 2}, prompts={"train": {"n": 8000}},
+                      experiments={"main": ["flowgrpo"]})
     wd = _mini_clone(tmp_path_factory.mktemp("clone"), cfg)
     _sh(wd, "snakemake --profile profiles/local")
     return wd
@@ -100,26 +104,91 @@ def test_byte_identical_restore_and_force_rerun_nothing(clone):
     assert _planned(clone) == {}
 
 
-def test_config_edit_reruns_and_shows_the_change(clone):
+def _edit(clone, change) -> None:
     cfg = yaml.safe_load((clone / "config.yaml").read_text())
+    change(cfg)
+    (clone / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_config_edit_reruns_and_shows_the_change(clone):
     original = (clone / "config.yaml").read_text()
     try:
-        cfg["train"]["lr"] = 3e-4
-        (clone / "config.yaml").write_text(yaml.safe_dump(cfg))
+        _edit(clone, lambda c: c["train"].update(lr=3e-4))
         res = _sh(clone, "snakemake --profile profiles/local -n")
-        assert re.search(r"Params have changed since last execution.*'train=\{[^']*\"lr\": 0\.0003", res.stdout,
-                         re.S), res.stdout[-3000:]
-        assert re.search(r"'train=\{[^']*\"lr\": 0\.0001", res.stdout), res.stdout[-3000:]  # old and new
+        # the reason names the key, old -> new (not the section's JSON twice)
+        assert "Params have changed since last execution: train.lr: 0.0001 -> 0.0003" in res.stdout, res.stdout[-3000:]
+        assert '"lr"' not in res.stdout, res.stdout[-3000:]
         planned = _planned(clone)
         assert planned.get("policy_update") == ITERS and planned.get("init_policy") == 1, planned
-        cfg["train"]["lr"] = 1e-4
-        cfg["eval"]["samples_per_prompt"] = 3  # an evaluation key: re-evaluates, retrains nothing
-        (clone / "config.yaml").write_text(yaml.safe_dump(cfg))
+        # the base model is not trained: its evaluations (25 min each at SD3.5 scale) do not rerun
+        assert "evaluate_base" not in planned and "final_eval_base" not in planned, planned
+        (clone / "config.yaml").write_text(original)
+        _edit(clone, lambda c: c["eval"].update(samples_per_prompt=3))  # re-evaluates, retrains nothing
         planned = _planned(clone)
         assert planned.get("evaluate") and "policy_update" not in planned and "rollout" not in planned, planned
+        (clone / "config.yaml").write_text(original)
+        _edit(clone, lambda c: c.setdefault("report", {}).update(grid_prompts=6))  # README: reruns the report only
+        assert _planned(clone) == {"report": 1, "all": 1}
+        res = _sh(clone, "snakemake --profile profiles/local -n")
+        assert "report.grid_prompts: 12 -> 6" in res.stdout, res.stdout[-3000:]
     finally:
         (clone / "config.yaml").write_text(original)
     assert _planned(clone) == {}
+
+
+def test_report_regenerates_a_file_it_reads(clone):
+    """The report reads every iteration's rewards and samples: when it runs with one deleted (as
+    the refusal message advises), that one is regenerated first, byte for byte, instead of the
+    report failing on "missing rewards table" at the end of the run."""
+    rewards = clone / "runs/flowgrpo/iter_00001/rewards.parquet"
+    before = _sha(rewards)
+    rewards.unlink()
+    planned = _planned(clone, "-f results/main/tables/results.csv")  # and what follows score 1 (same bytes)
+    assert planned.get("score") and planned.get("report") == 1, planned
+    _sh(clone, "snakemake --profile profiles/local -f results/main/tables/results.csv")
+    assert _sha(rewards) == before
+    assert _planned(clone) == {}
+
+
+def test_refused_input_stays_refused(clone):
+    """A rewards table of another iteration copied over iteration 1's is refused, and refused again
+    by the same command run again (it was accepted on the second try before); putting the good file
+    back leaves nothing to redo and nothing lost."""
+    it = clone / "runs/flowgrpo/iter_00001"
+    keep = {p: _sha(p) for p in [it / "policy.safetensors", it / "optimizer.safetensors", it / "update_metrics.parquet",
+                                 clone / "results/main/tables/results.csv"]}
+    good = (it / "rewards.parquet").read_bytes()
+    shutil.copy(clone / "runs/flowgrpo/iter_00000/rewards.parquet", it / "rewards.parquet")
+    msg = "iter_00001/rewards.parquet: header says iteration=0, expected 1"
+    for attempt in range(2):
+        res = _sh(clone, "snakemake --profile profiles/local", check=False)
+        assert res.returncode != 0, f"attempt {attempt}: accepted\n{res.stdout[-2000:]}"
+        assert msg in res.stdout + res.stderr, res.stdout[-2000:]
+        assert {p: _sha(p) for p in keep} == keep
+    res = _sh(clone, f"snakemake --profile profiles/local {it.relative_to(clone)}/policy.safetensors", check=False)
+    assert res.returncode != 0 and msg in res.stdout + res.stderr  # whatever needs it
+    (it / "rewards.parquet").write_bytes(good)  # the fix: the good file back
+    assert _planned(clone) == {}
+    assert {p: _sha(p) for p in keep} == keep
+
+
+def test_start_up_errors_name_the_typo_or_the_missing_path(clone):
+    def fails(cmd, line):
+        res = _sh(clone, cmd, check=False)
+        out = res.stdout + res.stderr
+        assert res.returncode != 0 and line in out, out[-3000:]
+        assert "KeyError" not in out and "Traceback (most recent call last)" not in out, out[-3000:]
+        assert "Job stats" not in out  # before planning any job
+
+    fails("snakemake --profile profiles/local -n runs/flowgpro/iter_00001/policy.safetensors",
+          "target runs/flowgpro/...: no run 'flowgpro' (runs: flowgrpo)")
+    fails("snakemake --profile profiles/local -n --config 'runs={opgpro: {replay: {fraction: 0.25}}}'",
+          "--config: runs.opgpro is in no experiment")
+    fails("snakemake --profile profiles/local -n --config 'model={backbone: sd3}'", "model.path is not set")
+    fails("snakemake --profile profiles/local -n --config 'model={backbone: sd3, path: models/sd35}'",
+          "model.path: models/sd35 is not a directory")
+    fails("snakemake --profile profiles/local -n --config 'prompts={heldout: {source: file, path: p.jsonl}}' "
+          "'output_root=fresh'", "prompts.heldout.path: 'p.jsonl' is not a file")
 
 
 def test_iterations_from_the_command_line(clone):
@@ -184,3 +253,26 @@ def test_wrong_run_file_is_refused_and_corrupt_input_keeps_good_files(clone):
     rewards.unlink()
     _sh(clone, "snakemake --profile profiles/local")
     assert {p: _sha(p) for p in keep} == keep  # regenerated: the same bytes, nothing else redone
+
+
+def test_docs_commands_with_config_files_and_targets():
+    """`--configfile` takes several files: a target after it was read as a config file."""
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    for doc in docs:
+        text = re.sub(r"\s+", " ", doc.read_text())
+        for m in re.finditer(r"--configfile ([^\s`']+) ([^\s`']+)", text):
+            assert m.group(2).startswith("-") or m.group(2) in ("#",), f"{doc.name}: {m.group(0)}"
+
+
+def test_docs_points_of_round_two():
+    readme = (REPO / "README.md").read_text()
+    assert "--index-url https://download.pytorch.org/whl/cpu" in readme
+    assert "Recovering from a refused input" in readme
+    presets = readme.split("## Real models")[1].split("##")[0]
+    assert ".[slurm]" in presets  # the preset commands say they need the plugin
+    arch = (REPO / "docs/architecture.md").read_text()
+    for target in re.findall(r"`(\.\./[^`]+)`|\]\(([^)#]+)\)", arch):
+        path = next(t for t in target if t)
+        assert (REPO / "docs" / path).resolve().is_relative_to(REPO) and (REPO / "docs" / path).exists(), path
+    opening = (REPO / "docs/results.md").read_text().split("\n|")[0]
+    assert "0.240" in opening and "0.250" in opening and "Superseded" in opening

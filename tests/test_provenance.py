@@ -137,7 +137,7 @@ def test_status_reports_the_current_iteration(tmp_path):
     from opgrpo_stages import config as C
     from opgrpo_stages import layout as L
     from opgrpo_stages.formats import tables
-    from opgrpo_stages.status import status
+    from opgrpo_stages.monitor.status import status
 
     cfg = tiny_config(train={"iterations": 5})
     os.chdir(tmp_path)
@@ -150,7 +150,7 @@ def test_status_reports_the_current_iteration(tmp_path):
         out = status(C.expand_seed_runs(cfg))
     finally:
         os.chdir(REPO)
-    assert out == ("flowgrpo: 2/5 iterations finished (current: iteration 1, runs/flowgrpo/iter_00001); "
+    assert out.splitlines()[0] == ("flowgrpo: 2/5 iterations finished (current: iteration 1, runs/flowgrpo/iter_00001); "
                    "next: iteration 2, done: rollout; evaluated: 0/5")
 
 

@@ -5,7 +5,8 @@ import math
 import pandas as pd
 import pytest
 
-from opgrpo_stages.stages.report import _crossing, headline, smooth, steps_to_target
+from opgrpo_stages.report.experiment import headline, steps_to_target
+from opgrpo_stages.report.stats import crossing, smooth
 
 
 def test_smooth_is_a_trailing_moving_average():
@@ -13,9 +14,9 @@ def test_smooth_is_a_trailing_moving_average():
 
 
 def test_crossing_interpolates_and_reports_never():
-    assert _crossing([0, 10, 20], [0.1, 0.3, 0.5], 0.4) == pytest.approx(15.0)
-    assert _crossing([0, 10], [0.5, 0.6], 0.4) == 0.0
-    assert math.isnan(_crossing([0, 10], [0.1, 0.2], 0.4))
+    assert crossing([0, 10, 20], [0.1, 0.3, 0.5], 0.4) == pytest.approx(15.0)
+    assert crossing([0, 10], [0.5, 0.6], 0.4) == 0.0
+    assert math.isnan(crossing([0, 10], [0.1, 0.2], 0.4))
 
 
 def _run(seed, fraction, rewards, evals):

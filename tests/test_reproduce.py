@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from opgrpo_stages.stages import report_seeds as R
-from opgrpo_stages.stages.report import degenerate_shares
+from opgrpo_stages.report import seeds as R
+from opgrpo_stages.report.methods import figure_groups
+from opgrpo_stages.report.stats import bootstrap, degenerate_shares
 
 
 def test_degenerate_share_counts_tied_groups_and_replay_breaking_a_tie():
@@ -22,11 +23,11 @@ def test_degenerate_share_counts_tied_groups_and_replay_breaking_a_tie():
 
 def test_bootstrap_of_two_seeds_spans_both_values():
     # resampling 2 seeds: mean is a (p 1/4), (a+b)/2 (1/2) or b (1/4): the 2.5% and 97.5% points are a and b
-    p, lo, hi = R.bootstrap([0.2, 0.6], np.random.default_rng(0))
+    p, lo, hi = bootstrap([0.2, 0.6], np.random.default_rng(0))
     assert (p, lo, hi) == (pytest.approx(0.4), 0.2, 0.6)
-    p, lo, hi = R.bootstrap([0.3, 0.3, 0.3], np.random.default_rng(0))
+    p, lo, hi = bootstrap([0.3, 0.3, 0.3], np.random.default_rng(0))
     assert lo == hi == 0.3
-    p, lo, hi = R.bootstrap([0.5], np.random.default_rng(0))
+    p, lo, hi = bootstrap([0.5], np.random.default_rng(0))
     assert p == 0.5 and math.isnan(lo)
 
 
@@ -80,7 +81,7 @@ def test_headline_crossing_on_seed_mean_curves():
 
 
 def test_figure_groups_split_ablations_and_replay_fractions():
-    fig3, fig6a, fig6b = R.figure_groups(_data())
+    fig3, fig6a, fig6b = figure_groups(_data())
     assert fig3 == ["flowgrpo", "opgrpo"]
     assert fig6a == ["flowgrpo", "opgrpo", "opgrpo_per_step", "opgrpo_no_truncation"]
     assert fig6b == ["flowgrpo", "opgrpo", "opgrpo_5", "opgrpo_50"]
@@ -93,10 +94,10 @@ def test_logp_cliff_uses_the_untruncated_run():
 
 
 def test_write_produces_every_table_and_figure(tmp_path):
-    from opgrpo_stages.stages.report import _save, outputs_for
+    from opgrpo_stages.report.outputs import outputs_for
 
     out = {k: str(tmp_path / k) for k in outputs_for("x")}
-    res = R.write({"seed": 0}, _data(), out, _save)
+    res = R.write({"seed": 0}, _data(), out)
     for k in ("training_curves", "degenerate", "headline_csv", "headline_md", "ablations_csv", "ablations_md",
               "logp_cliff", "fig2", "fig3", "fig6a", "fig6b"):
         assert (tmp_path / k).stat().st_size > 0, k

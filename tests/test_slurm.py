@@ -54,7 +54,7 @@ def slurm():
 
 
 def _experiment(wd):
-    cfg = tiny_config(train={"iterations": ITERATIONS}, eval={"every": 2}, cluster={"iterations_per_job": PER_JOB})
+    cfg = tiny_config(train={"iterations": ITERATIONS}, eval={"every": 2}, cluster={"iterations_per_job": PER_JOB, "cpus_per_rank": 1})  # the test nodes have this machine's CPUs
     cfg["runs"] = {RUN: {"replay": {"fraction": 0.5, "truncation": 2}}}  # exercises the replay buffer too
     wd.mkdir(parents=True, exist_ok=True)
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))

@@ -1,16 +1,20 @@
 """Client of an evaluator server (protocol: :mod:`.protocol`, docs/evaluators.md).
 
 Every failure is an :class:`EvaluatorError` naming the reward and the URL; the caller writes
-nothing, and no score is ever replaced by a default. Requests are bounded: each has a timeout,
-each batch at most ``retries`` retries with exponential backoff (connection errors, timeouts and
-5xx answers only; a malformed answer is not retried: a misbehaving server stays misbehaving).
+nothing, and no score is ever replaced by a default. Requests are bounded: each has a deadline
+for the whole exchange (connect, send, the complete answer: a server trickling bytes cannot
+stretch it), each batch at most ``retries`` retries with exponential backoff (connection errors,
+timeouts and 5xx answers only; a 4xx or malformed answer is not retried: it would fail again).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
+import threading
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 
 from ..errors import OpgrpoError
@@ -38,32 +42,66 @@ class EvaluatorClient:
         self.retries, self.backoff, self.batch_size = int(retries), float(backoff), int(batch_size)
         self.image_encoding, self.sub_scores = image_encoding, tuple(sub_scores)
         # evaluators usually run beside the stages: ignore http(s)_proxy unless asked
-        self._opener = urllib.request.build_opener(*([] if use_env_proxy else [urllib.request.ProxyHandler({})]))
+        self.use_env_proxy = bool(use_env_proxy)
+        self.options: dict = {}  # scoring options sent with every request (the server must list them)
         self.identity: dict | None = None
         self.health: dict = {}
 
     def error(self, problem) -> EvaluatorError:
         return EvaluatorError(self.reward, self.url, problem)
 
+    def _connection(self, timeout: float):
+        """(connection, request target): direct, or through the environment's proxy if asked."""
+        u = urllib.parse.urlsplit(self.url)
+        cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+        proxy = urllib.request.getproxies().get(u.scheme) if self.use_env_proxy else None
+        if proxy and not urllib.request.proxy_bypass(u.hostname or ""):
+            pu = urllib.parse.urlsplit(proxy)
+            return http.client.HTTPConnection(pu.hostname, pu.port or 80, timeout=timeout), self.url
+        return cls(u.hostname, u.port, timeout=timeout), u.path.rstrip("/")
+
     def _once(self, method: str, route: str, data: bytes | None, timeout: float):
-        req = urllib.request.Request(self.url + route, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        """One exchange, all of it within ``timeout`` seconds: at the deadline a timer shuts the
+        socket down, which ends any read in progress."""
+        conn, base = self._connection(timeout)
+        expired, sock = threading.Event(), []
+
+        def expire():
+            expired.set()
+            for sk in sock:  # the response owns the socket once the headers are read: keep our own handle
+                try:
+                    sk.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
         try:
-            with self._opener.open(req, timeout=timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
+            conn.connect()
+            sock.append(conn.sock)
+            if expired.is_set():
+                expire()
+            conn.request(method, base + route, body=data, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            status, raw = resp.status, resp.read()
+        except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, cut at the deadline
+            why = f"timed out: no complete answer within {timeout:g} s" if expired.is_set() else f"{type(e).__name__}: {e}"
+            raise _Retryable(f"{method} {route} failed ({why}; timeout {timeout:g} s)") from None
+        finally:
+            timer.cancel()
+            conn.close()
+        if expired.is_set():
+            raise _Retryable(f"{method} {route} failed (timed out: no complete answer within {timeout:g} s; timeout {timeout:g} s)")
+        if status != 200:
             try:
-                msg = json.loads(e.read().decode()).get("error", "")
+                msg = json.loads(raw.decode()).get("error", "")
             except Exception:
                 msg = ""
-            problem = f"{method} {route} answered HTTP {e.code}" + (f": {msg}" if msg else "")
-            if e.code >= 500:
-                raise _Retryable(problem) from None
-            raise self.error(problem) from None
-        except (urllib.error.URLError, OSError) as e:  # refused, reset, timed out
-            reason = getattr(e, "reason", e)
-            raise _Retryable(f"{method} {route} failed ({type(reason).__name__}: {reason}; "
-                             f"timeout {timeout:g} s)") from None
+            problem = f"{method} {route} answered HTTP {status}" + (f": {msg}" if msg else "")
+            if status >= 500:
+                raise _Retryable(problem)
+            raise self.error(problem)  # 4xx: the request itself is wrong; sending it again would not help
         try:
             return json.loads(raw.decode())
         except ValueError:
@@ -87,6 +125,11 @@ class EvaluatorClient:
         except P.ProtocolError as e:
             raise self.error(e) from None
         self.health = health
+        offered = health.get("options") or {}
+        for k, v in self.options.items():
+            if k not in offered or v not in offered[k]:
+                raise self.error(f"the reward asks for option {k} = {v!r}, which this server does not offer "
+                                 f"(it offers {offered or 'none'}); update the server")
         return self.identity
 
     def score(self, images, prompts, metadata) -> list[dict]:
@@ -102,7 +145,7 @@ class EvaluatorClient:
             ids = [str(i) for i in range(s, min(n, s + step))]
             try:
                 body = P.score_request(self.tool, images[s:s + step], prompts[s:s + step], metadata[s:s + step],
-                                       ids, self.image_encoding)
+                                       ids, self.image_encoding, self.options)
             except P.ProtocolError as e:
                 raise self.error(e) from None
             resp = self._request("POST", "/v1/score", json.dumps(body).encode(), self.timeout)

@@ -8,8 +8,10 @@ numpy (PIL lazily, for PNG). JSON over HTTP:
   -> ``{"protocol", "identity", "records": [{"id", "score", "sub_scores", "diagnostics"}]}``
 
 ``image`` is ``{"encoding": "raw", "shape": [H, W, 3], "dtype": "uint8", "data": base64}`` (exact
-pixels, the default) or ``{"encoding": "png", "data": base64}``. An error is any non-200 status
-with ``{"error": "<one line>"}``.
+pixels, the default) or ``{"encoding": "png", "data": base64}``. The request may carry
+``"options": {name: value}`` (scoring options the server lists in its health answer's
+``options``; any other is refused). An error is any non-200 status with ``{"error": "<one line>"}``:
+4xx for a request that will fail again as sent (not retried), 5xx for a scoring failure.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ RANGES = {
 
 class ProtocolError(ValueError):
     """A request or response that does not follow the protocol (the message says what)."""
+
+
+class RequestError(ValueError):
+    """A well-formed request this server can never score as asked (an item without a GenEval tag,
+    a category it does not serve, an option it does not know): HTTP 422, not retried."""
 
 
 def encode_image(image: np.ndarray, encoding: str = "raw") -> dict:
@@ -71,10 +78,27 @@ def decode_image(obj) -> np.ndarray:
     raise ProtocolError(f"image encoding {obj.get('encoding')!r}: expected 'raw' or 'png'")
 
 
-def score_request(tool: str, images, prompts, metadata, ids, encoding: str = "raw") -> dict:
-    return {"protocol": PROTOCOL, "tool": tool,
+def score_request(tool: str, images, prompts, metadata, ids, encoding: str = "raw", options: dict | None = None) -> dict:
+    body = {"protocol": PROTOCOL, "tool": tool,
             "items": [{"id": i, "prompt": p, "metadata": m, "image": encode_image(im, encoding)}
                       for i, im, p, m in zip(ids, images, prompts, metadata)]}
+    if options:
+        body["options"] = dict(options)
+    return body
+
+
+def request_options(body: dict, supported: dict) -> dict:
+    """The request's scoring options (server side), each checked against ``supported`` (name ->
+    allowed values); an unknown option or value is a :class:`RequestError`."""
+    opts = body.get("options") or {}
+    if not isinstance(opts, dict):
+        raise ProtocolError("request 'options' must be an object")
+    for k, v in opts.items():
+        if k not in supported:
+            raise RequestError(f"option {k!r} is not supported by this server (supported: {sorted(supported)})")
+        if v not in supported[k]:
+            raise RequestError(f"option {k} = {v!r}: expected one of {list(supported[k])}")
+    return dict(opts)
 
 
 def parse_request(body: dict, tool: str) -> tuple[list, list[np.ndarray], list[str], list[dict]]:

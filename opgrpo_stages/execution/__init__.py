@@ -5,7 +5,7 @@ Two interfaces, and nothing outside this package imports any other of its module
 (``tests/test_architecture.py``):
 
 - this module, for stages and file formats: :func:`data_parallel`, :func:`fault`, :func:`lend`,
-  :func:`stamp`. Each is a thin function that imports its submodule when called, so importing it
+  :func:`stamp`, :func:`one_load_at_a_time`; :func:`training_job` for ``opgrpo preflight``. Each is a thin function that imports its submodule when called, so importing it
   costs nothing and cannot close an import circle.
 - :mod:`opgrpo_stages.execution.workflow`, for the Snakefile (and benchmarks): running a stage
   for its rule, logs, locks, storage pruning, cluster resources, the Snakemake patches.
@@ -41,3 +41,22 @@ def stamp(path):
     from .resident import stamp as _stamp
 
     return _stamp(path)
+
+
+def one_load_at_a_time():
+    """Context manager around a model build: the data-parallel ranks of one node build one after
+    the other (host memory holds one copy of the weights at a time); a no-op outside a pool."""
+    from .ranks import one_load_at_a_time as _one
+
+    return _one()
+
+
+def training_job(cfg: dict) -> dict:
+    """What one training cluster job of the run asks Slurm for (``cluster.py``): ``minutes`` (its
+    walltime: init_policy and ``cluster.iterations_per_job`` iterations) and ``mem_mb`` (per node)."""
+    from . import cluster
+
+    k = int(cfg["cluster"]["iterations_per_job"])
+    train = ("rollout", "score", "buffer_update", "policy_update")
+    return {"minutes": k * sum(cluster.runtime_minutes(cfg, s) for s in train) + cluster.runtime_minutes(cfg, "init_policy"),
+            "mem_mb": max(cluster.mem_mb(cfg, s) for s in ("rollout", "score", "policy_update"))}

@@ -41,9 +41,9 @@ def heldout_images(cfg: dict) -> int:
     n = cfg["cluster"].get("heldout_prompts")
     ps = cfg["prompts"]["heldout"]
     if n is None and ps.get("source") == "packaged":
-        from ..prompts.packaged import load
+        from ..prompts.catalog import count
 
-        n = len(load(ps["name"]))
+        n = count(ps["name"])
     if n is None:
         n = ps.get("n", 0) or 0
     return int(n) * int(cfg["eval"].get("samples_per_prompt", 1))
@@ -96,16 +96,38 @@ def _latent_numel(cfg: dict) -> int:
     return 3 * size * size
 
 
+DATA_PARALLEL = ("rollout", "score", "policy_update", "evaluate")  # on every rank (execution/ranks.py)
+
+
+def ranks_per_node(cfg: dict) -> int:
+    return int(cfg["distributed"]["processes"])
+
+
 def mem_mb(cfg: dict, stage: str) -> int:
-    """Host memory of a stage: ``cluster.host_mem_gb`` (models, libraries) plus twice the
-    iteration's tensors it holds (trajectories and images, read and written)."""
+    """Host memory (``--mem``, per node) of a stage: ``cluster.host_mem_gb`` (models, libraries) per
+    rank process on the node, plus the iteration's tensors (trajectories and images) rank 0 holds
+    twice (read and written) and the other ranks hold once between them (their shares)."""
     n = _samples(cfg)
     traj = n * (int(cfg["sampling"]["num_steps"]) + 1) * _latent_numel(cfg) * 4
     m = cfg["model"]
     frames = int(m.get("num_frames", 1) or 1)
     images = n * frames * int(m.get("height", 0) or 0) * int(m.get("width", 0) or 0) * 3
     held = traj + images if stage in ("rollout", "score", "buffer_update", "policy_update") else 0
-    return int(float(cfg["cluster"]["host_mem_gb"]) * 1024 + 2 * held / 2**20)
+    ranks = ranks_per_node(cfg) if stage in DATA_PARALLEL else 1
+    world = ranks * int(cfg["distributed"].get("nodes", 1))
+    factor = 2 + (1 if stage in DATA_PARALLEL and world > 1 else 0)
+    return int(ranks * float(cfg["cluster"]["host_mem_gb"]) * 1024 + factor * held / 2**20)
+
+
+def cpus_per_task(cfg: dict, stage: str) -> int:
+    """CPUs of a stage's job (per node): ``cluster.cpus_per_rank`` for every rank on the node (the
+    ranks' srun step gives each rank its share, execution/ranks.py). ``buffer_update`` runs beside
+    ``policy_update`` in the same job, and Snakemake sums the CPUs of a group job's parallel stages:
+    it asks none of its own (the plugin asks at least 1 when it runs alone)."""
+    if stage == "buffer_update":
+        return 0
+    per_rank = int(cfg["cluster"]["cpus_per_rank"])
+    return per_rank * (ranks_per_node(cfg) if stage in DATA_PARALLEL else 1)
 
 
 def gpu_resources(cfg: dict, multi_node: bool) -> dict:
@@ -113,29 +135,37 @@ def gpu_resources(cfg: dict, multi_node: bool) -> dict:
     of the config spans nodes): ``nodes`` = N and ``gres: gpu:M`` (M GPUs on every node; ``--gpus``
     would be a total that Slurm may place unevenly) with ``gpu`` 0, and every stage of a training
     job carries the same ``gres`` (Snakemake requires a string resource to agree within a group
-    job; :func:`training_gres`). Otherwise ``gpu`` = ``distributed.processes`` on one node."""
+    job; :func:`training_gres`). Otherwise ``gpu`` = ``distributed.processes`` on ``nodes: 1``
+    (sbatch may otherwise spread ``--gpus=M`` over nodes, and the ranks assume one node)."""
     d = cfg["distributed"]
     n, m = int(d.get("nodes", 1)), int(d["processes"])
     if not multi_node:
-        return {"gpu": m}
+        return {"gpu": m, "nodes": 1}
     return {"gpu": 0, "nodes": n, "gres": training_gres(cfg)}
 
 
 def training_gres(cfg: dict) -> str:
-    return f"gpu:{int(cfg['distributed']['processes'])}"
+    """``gpu:M``, or ``gpu:<model>:M`` with ``cluster.gpu_model`` (the plugin's own ``gpu_model``
+    would add ``--gpus=<model>:0`` beside the gres of a multi-node job: it is cleared there)."""
+    model = cfg["cluster"].get("gpu_model")
+    m = int(cfg["distributed"]["processes"])
+    return f"gpu:{model}:{m}" if model else f"gpu:{m}"
 
 
 def rule_resources(stage: str, cfg_of, multi_node: bool, data_parallel: bool = False) -> dict:
     """A rule's ``resources:``, as callables of its wildcards (``cfg_of(run)`` gives the run's
-    config): runtime (minutes) and host memory of the stage (a group job sums its stages'
+    config): runtime (minutes), host memory and CPUs of the stage (a group job sums its stages'
     runtimes); with ``multi_node`` every training stage carries the same ``gres`` (a string
-    resource must agree across a group job's stages); ``data_parallel`` stages (on every rank)
-    ask one GPU per rank, on ``distributed.nodes`` nodes (:func:`gpu_resources`)."""
+    resource must agree across a group job's stages) and no ``gpu_model``; ``data_parallel``
+    stages (on every rank) ask one GPU per rank, on ``distributed.nodes`` nodes (:func:`gpu_resources`)."""
     res = dict(runtime=lambda w: runtime_minutes(cfg_of(w.run), stage),
                mem_mb=lambda w: mem_mb(cfg_of(w.run), stage))
+    if stage in STAGES:
+        res["cpus_per_task"] = lambda w: cpus_per_task(cfg_of(w.run), stage)
     if multi_node and stage != "evaluate":
         res["gres"] = lambda w: training_gres(cfg_of(w.run))
+        res["gpu_model"] = ""
     if data_parallel:
-        keys = ("gpu", "nodes", "gres") if multi_node else ("gpu",)
+        keys = ("gpu", "nodes", "gres") if multi_node else ("gpu", "nodes")
         res.update({k: (lambda w, k=k: gpu_resources(cfg_of(w.run), multi_node)[k]) for k in keys})
     return res

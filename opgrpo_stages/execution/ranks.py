@@ -55,7 +55,35 @@ STAGES = {
 # evaluations under profiles/local): collectives must not time out there. A dead peer still
 # fails at once (its sockets close).
 IDLE_TIMEOUT = datetime.timedelta(days=7)
+# the NCCL group (rendezvous, gradient all-reduce inside a stage) never idles: a rank that is gone
+# (killed mid all-reduce, or a launcher's ranks that never come) fails the stage after this, not
+# at the job's time limit
+STEP_TIMEOUT = datetime.timedelta(minutes=30)
 RANK0_ENV = "OPGRPO_RANK0"  # set by `python -m opgrpo_stages.execution.ranks` in the rank-0 process it launched
+
+
+POOL_ENV = "OPGRPO_POOL"  # set by rank 0 for itself and its ranks
+
+
+@contextlib.contextmanager
+def one_load_at_a_time():
+    """Around a model build: on one node, the ranks of one pool build one after the other (each
+    reads the weights into host memory before moving them to its GPU; W ranks at once would hold
+    W copies, e.g. 8 x 4.2 GiB for SD3.5-M's transformer). A no-op outside a pool."""
+    pool = os.environ.get(POOL_ENV)
+    if not pool:
+        yield
+        return
+    import fcntl
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / f"opgrpo-loads-{os.getuid()}-{re.sub(r'[^A-Za-z0-9_.-]', '_', pool)}.lock"
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class RankError(OpgrpoError):
@@ -118,10 +146,35 @@ def _init_group(rank: int, world: int, device: str, init_method: str):
     if cuda:
         import torch
 
+        # cuBLAS reads it once, when CUDA starts (here, before any stage's setup_torch could set it)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world,
-                            timeout=IDLE_TIMEOUT)
+                            timeout=STEP_TIMEOUT if cuda else IDLE_TIMEOUT)
     return dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT) if cuda else None
+
+
+def job_cpus_per_node(environ) -> int | None:
+    """CPUs the job holds on each of its nodes (the fewest: every node's ranks must fit):
+    ``SLURM_JOB_CPUS_PER_NODE`` (``16(x2)`` or ``16,8``), else ``SLURM_CPUS_ON_NODE``; None when
+    Slurm says neither."""
+    counts = [int(c) for c in re.findall(r"(\d+)(?:\(x\d+\))?", environ.get("SLURM_JOB_CPUS_PER_NODE", ""))]
+    if counts:
+        return min(counts)
+    v = environ.get("SLURM_CPUS_ON_NODE", "")
+    return int(v) if v.isdigit() else None
+
+
+def rank_step_command(job_id: str, nodes: int, world: int, per_node: int, cpus_on_node: int | None,
+                      worker: list[str]) -> list[str]:
+    """The ``srun`` that starts every rank inside the job (rank 0's task exits at once):
+    ``--cpus-per-task`` = the node's CPUs shared out among its ranks (srun's default of one CPU per
+    task would bind each rank to one core), ``--wait=0`` (on sites that set ``WaitTime``, srun would
+    kill the other ranks that many seconds after task 0 exits)."""
+    cpus = max(1, cpus_on_node // per_node) if cpus_on_node else None
+    return ["srun", f"--jobid={job_id}", "--overlap", f"--nodes={nodes}", f"--ntasks={world}",
+            f"--ntasks-per-node={per_node}", *([f"--cpus-per-task={cpus}"] if cpus else []), "--wait=0",
+            "--kill-on-bad-exit=1", "--job-name=opgrpo-ranks", *worker, "--from-slurm"]
 
 
 class Pool:
@@ -141,6 +194,8 @@ class Pool:
 
         from .collectives import DataParallel
 
+        # names this pool's node-local load lock (one_load_at_a_time): rank 0's and its ranks' own
+        os.environ[POOL_ENV] = f"{socket.gethostname()}-{os.getpid()}-{id(self)}"
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
         package_root = str(Path(__file__).resolve().parents[2])  # the ranks import this very package
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
@@ -150,6 +205,11 @@ class Pool:
             if int(os.environ.get("WORLD_SIZE", "1")) != self.world:
                 raise ConfigError(f"distributed: nodes x processes = {self.world} but the launcher started "
                                   f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} ranks")
+            theirs = os.environ.get("OPGRPO_RANKS_DEVICE", "cpu")
+            if (theirs == "cpu") != (self.device == "cpu"):  # NCCL here, gloo there: a rendezvous that never ends
+                raise ConfigError(f"runtime.device = {self.device!r} but the launcher's ranks serve "
+                                  f"OPGRPO_RANKS_DEVICE={theirs!r}; export OPGRPO_RANKS_DEVICE="
+                                  f"{'cpu' if self.device == 'cpu' else 'cuda'} for every rank (torchrun) and relaunch")
             init = "env://"
         elif os.environ.get("SLURM_JOB_ID"):
             self.mode = "srun"
@@ -159,9 +219,8 @@ class Pool:
             env = {k: v for k, v in env.items() if not (k.startswith(("SLURM_", "SRUN_", "SBATCH_")))
                    or k in ("SLURM_JOB_ID", "SLURM_CONF")}
             env.update(MASTER_ADDR=addr, MASTER_PORT=str(port), WORLD_SIZE=str(self.world))
-            cmd = ["srun", f"--jobid={os.environ['SLURM_JOB_ID']}", "--overlap", f"--nodes={self.nodes}",
-                   f"--ntasks={self.world}", f"--ntasks-per-node={self.per_node}", "--kill-on-bad-exit=1",
-                   "--job-name=opgrpo-ranks", *worker, "--from-slurm"]
+            cmd = rank_step_command(os.environ["SLURM_JOB_ID"], self.nodes, self.world, self.per_node,
+                                    job_cpus_per_node(os.environ), worker)
             self.procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
             init = f"tcp://{addr}:{port}"
         else:

@@ -20,9 +20,12 @@ def write(path, images, meta: dict | None = None) -> None:
     tensorfile.write(path, KIND, SCHEMA, {"images": t}, meta)
 
 
-def read(path, expect: dict | None = None):
-    """Returns a numpy uint8 array. ``expect``: required header values (formats/header.py)."""
-    tensors, _meta, _ = tensorfile.read(path, KIND, SCHEMA, expect)
+def read(path, expect: dict | None = None, rows=None):
+    """Returns a numpy uint8 array. ``expect``: required header values (formats/header.py).
+    ``rows``: only these rows (a data-parallel rank's share, read by safetensors slicing: at paper
+    scale the file is ~0.9 GB, which every rank would otherwise hold)."""
+    keep = None if rows is None else {"images": sorted({int(r) for r in rows})}
+    tensors, _meta, _ = tensorfile.read(path, KIND, SCHEMA, expect, rows=keep)
     t = tensors["images"]
     if t.ndim not in (4, 5) or t.shape[-1] != 3:
         from ..errors import ArtifactError
@@ -30,6 +33,21 @@ def read(path, expect: dict | None = None):
         raise ArtifactError(path, f"tensor 'images' has shape {tuple(t.shape)}, "
                                   f"expected (N, H, W, 3) or (N, F, H, W, 3)")
     return t.numpy()
+
+
+def count(path) -> int:
+    """Rows of the file's ``images`` tensor, from its header alone (nothing is loaded)."""
+    import os
+
+    from safetensors import safe_open
+
+    from ..errors import ArtifactError
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as fh:
+            return int(fh.get_slice("images").get_shape()[0])
+    except Exception as exc:  # missing, corrupt: read() gives the full message
+        raise ArtifactError(path, f"not a readable images file: {exc}") from None
 
 
 def save_grid(path, images, ncol: int = 8, scale: int = 4, labels: list[str] | None = None) -> None:

@@ -109,8 +109,12 @@ class Mask2FormerDetector:
     batch-of-one detections up to float summation order."""
 
     batch_size = 16  # class default: subclasses that skip __init__ (servers/geneval_server.py) batch too
+    # channel order of the arrays given to mmdet, which takes arrays as BGR: "bgr" as GenEval (it
+    # passes file paths); "rgb" reproduces Flow-GRPO's reward server (np.array of the PIL image)
+    input_channels = "bgr"
 
-    def __init__(self, checkpoint=None, config=None, device: str = "cpu", object_names=None, batch_size: int = 16):
+    def __init__(self, checkpoint=None, config=None, device: str = "cpu", object_names=None, batch_size: int = 16,
+                 input_channels: str = "bgr"):
         from ..rewards._models import require_module, require_path
 
         ckpt = require_path("geneval", checkpoint, f"the Mask2Former checkpoint ({MASK2FORMER_CONFIG[:-3]}.pth)",
@@ -125,6 +129,9 @@ class Mask2FormerDetector:
         self.model = apis.init_detector(str(config), str(ckpt), device=device)
         self._infer = apis.inference_detector
         self.batch_size = int(batch_size)
+        if input_channels not in ("bgr", "rgb"):
+            raise ValueError(f"input_channels {input_channels!r}: expected 'bgr' or 'rgb'")
+        self.input_channels = input_channels
 
     def detect(self, images: np.ndarray) -> list[list[Detection]]:
         from ..rewards._models import batches
@@ -132,7 +139,8 @@ class Mask2FormerDetector:
         out = []
         for s in batches(len(images), self.batch_size):
             # mmcv reads files as BGR; GenEval passes file paths, we pass arrays in the same channel order
-            results = self._infer(self.model, [np.ascontiguousarray(im[..., ::-1]) for im in images[s]])
+            flip = self.input_channels == "bgr"
+            results = self._infer(self.model, [np.ascontiguousarray(im[..., ::-1] if flip else im) for im in images[s]])
             if len(results) != s.stop - s.start:
                 raise RuntimeError(f"mmdet inference_detector returned {len(results)} results for "
                                    f"{s.stop - s.start} images")

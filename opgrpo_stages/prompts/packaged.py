@@ -9,29 +9,8 @@ per-image GenEval score."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..errors import ConfigError
 from ..formats import prompts as prompts_fmt
-
-ROOT = Path(__file__).resolve().parents[1]  # opgrpo_stages/
-T2I_COMPBENCH_CATEGORIES = ("color", "shape", "texture", "spatial", "3d_spatial", "numeracy", "non_spatial",
-                            "complex")
-
-# name -> (file under opgrpo_stages/, format)
-PACKAGED = {
-    "geneval": ("geneval/data/evaluation_metadata.jsonl", "jsonl"),
-    "flow_grpo_geneval": ("data/flow_grpo/geneval/test_metadata.jsonl", "jsonl"),
-    "geneval_unseen": ("data/flow_grpo/geneval_unseen_objects/test_metadata.jsonl", "jsonl"),
-    "ocr_test": ("data/flow_grpo/ocr/test.txt", "text"),
-    **{f"t2i_compbench_{c}": (f"data/t2i_compbench/{c}_val.txt", "text") for c in T2I_COMPBENCH_CATEGORIES},
-}
-
-
-def packaged_path(name: str) -> Path:
-    if name not in PACKAGED:
-        raise ConfigError(f"prompts: unknown packaged prompt set {name!r}; shipped: {sorted(PACKAGED)}")
-    return ROOT / PACKAGED[name][0]
+from .catalog import PACKAGED, ROOT, T2I_COMPBENCH_CATEGORIES, packaged_path  # noqa: F401  (re-exported)
 
 
 def load(name: str) -> list[dict]:

@@ -7,7 +7,7 @@ tells callers which inputs a reward reads so they can skip building the rest.
 
 from __future__ import annotations
 
-from .base import REWARDS, Reward, build_reward, register_reward
+from .base import REWARDS, Reward, build_reward, check_devices, register_reward
 
 # the built-in rewards register themselves on import
 from . import geneval as _geneval  # noqa: F401  (registers "geneval")
@@ -19,4 +19,4 @@ from . import deqa as _deqa  # noqa: F401
 from . import imagereward as _imagereward  # noqa: F401
 from . import t2i_compbench as _t2i_compbench  # noqa: F401  (registers "t2i_compbench")
 
-__all__ = ["Reward", "REWARDS", "register_reward", "build_reward"]
+__all__ = ["Reward", "REWARDS", "register_reward", "build_reward", "check_devices"]

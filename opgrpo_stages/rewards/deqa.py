@@ -11,6 +11,13 @@ transformers vision-language causal LM whose processor takes ``text`` and ``imag
 or Qwen2-VL layouts). The released DeQA-Score-Mix3 checkpoint is an mPLUG-Owl2 model with custom
 code; it is not loadable by these classes (``trust_remote_code`` is passed through for models
 whose remote code follows the processor/model interface above) -- see docs/rewards.md.
+
+Flow-GRPO's DeQA training reward differs from the official score in two ways, both available
+as training-only options (``{jpeg_quality: 75, normalize: true}`` is Flow-GRPO's form):
+``jpeg_quality``: images JPEG-encoded at that quality before scoring (flow_grpo ``rewards.py``
+encodes at PIL's default 75; the reward server decodes JPEG); ``normalize``: the score divided
+by 5, in [0.2, 1] (reward-server ``deqa.py``: ``score / 5``). Unset: the official [1, 5] score on
+the raw pixels.
 """
 
 from __future__ import annotations
@@ -43,11 +50,15 @@ class DeqaReward(Reward):
     needs = ("images",)
     uses_device = True
     batched = True
+    training_only_options = ("jpeg_quality", "normalize")
 
     def __init__(self, path=None, processor_path=None, device: str = "cpu", batch_size: int = 8,
-                 prompt: str = PROMPT, trust_remote_code: bool = False, dtype: str = "float32"):
+                 prompt: str = PROMPT, trust_remote_code: bool = False, dtype: str = "float32",
+                 jpeg_quality: int | None = None, normalize: bool = False):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.form = flow_grpo_form(jpeg_quality, normalize)
 
         model_dir = require_path("deqa", path, "a vision-language model directory (config.json + weights)")
         proc_dir = require_path("deqa", processor_path if processor_path is not None else path,
@@ -92,5 +103,33 @@ class DeqaReward(Reward):
         return torch.cat(out).cpu()
 
     def score(self, images, prompts=None, metadata=None):
-        x = check_images(images)
-        return {"deqa": (self.level_probs(x) @ self.weights).numpy()}
+        x = self.form.prepare(check_images(images))
+        return {"deqa": self.form.finish((self.level_probs(x) @ self.weights).numpy())}
+
+
+class TrainingForm:
+    """The client-side steps of a training reward: a JPEG round trip before scoring, a divisor
+    after (both identity by default)."""
+
+    def __init__(self, jpeg_quality: int | None = None, divisor: float = 1.0):
+        self.jpeg_quality, self.divisor = jpeg_quality, float(divisor)
+
+    def prepare(self, images):
+        if self.jpeg_quality is None:
+            return images
+        from .geneval import jpeg_roundtrip
+
+        return jpeg_roundtrip(np.asarray(images), self.jpeg_quality)
+
+    def finish(self, scores):
+        return np.asarray(scores, np.float64) / self.divisor if self.divisor != 1.0 else np.asarray(scores, np.float64)
+
+
+def flow_grpo_form(jpeg_quality=None, normalize=False) -> TrainingForm:
+    """DeQA's ``jpeg_quality`` / ``normalize`` options (module doc), checked."""
+    from .geneval import check_jpeg_quality
+
+    check_jpeg_quality("deqa", jpeg_quality)
+    if not isinstance(normalize, bool):
+        raise ValueError(f"reward.options.deqa.normalize: {normalize!r}; expected true (Flow-GRPO: score / 5) or false")
+    return TrainingForm(jpeg_quality, 5.0 if normalize else 1.0)

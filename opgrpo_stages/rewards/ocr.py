@@ -66,11 +66,23 @@ class RapidOcrBackend:
         return "".join(line[1] for line in (result or []) if float(line[2]) > 0)
 
 
+PADDLEOCR_PIN = "paddleocr==2.9.1"  # Flow-GRPO's reward server's pin; 3.x changed the API
+
+
 class PaddleOcrBackend:
-    """PaddleOCR 2.x API (``ocr(img, cls=False)``) with local model directories."""
+    """PaddleOCR 2.x API (``ocr(img, cls=False)``, ``use_gpu``/``show_log``) with local model
+    directories, as Flow-GRPO's OCR reward. PaddleOCR 3.x rejects these arguments and returns
+    another result format: it is refused at construction with the pin to install."""
 
     def __init__(self, det_model_dir=None, rec_model_dir=None, lang: str = "en", use_gpu: bool = False):
         mod = require_module("ocr", "paddleocr", "paddleocr")
+        version = str(getattr(mod, "__version__", "") or "")
+        if not version.startswith("2."):
+            from ..errors import ModelPathError
+
+            raise ModelPathError(f"reward.options.ocr.backend paddleocr: found PaddleOCR {version or '(unknown version)'}; "
+                                 f"this backend speaks the 2.x API (as Flow-GRPO): pip install '{PADDLEOCR_PIN}' "
+                                 f"'paddlepaddle==2.6.2' (or use backend rapidocr)")
         kw = {"use_angle_cls": False, "lang": lang, "use_gpu": use_gpu, "show_log": False}
         kw["det_model_dir"] = str(require_path("ocr", det_model_dir, "a PaddleOCR detection model directory",
                                                 "backend_options.det_model_dir"))
@@ -93,8 +105,19 @@ class OcrReward(Reward):
 
     needs = ("images", "prompts")
 
+    @classmethod
+    def model_devices(cls, options: dict, runtime_device: str) -> dict[str, str]:
+        return {"backend": "cpu"}  # onnxruntime / paddle on the CPU, one image at a time
+
     def __init__(self, backend: str = "rapidocr", backend_options: dict | None = None, frame_interval: int = 4,
                  device: str = "cpu"):
+        """``device``: only ``cpu`` (the OCR backends run on the CPU); any other value is refused
+        rather than ignored. On a GPU run list ``ocr`` in ``reward.allow_cpu``."""
+        if str(device) != "cpu":
+            from ..errors import ConfigError
+
+            raise ConfigError(f"reward.options.ocr.device = {device!r}: the OCR backends run on the CPU only; "
+                              f"remove the key (and list 'ocr' in reward.allow_cpu on a GPU run)")
         if backend not in BACKENDS:
             from ..errors import ConfigError
 

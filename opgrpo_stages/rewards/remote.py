@@ -4,6 +4,13 @@
 in-process to remote; columns are the same as in-process, so every consumer (score, evaluate,
 final_eval) is unchanged. The server's identity is kept on the reward and recorded in the tables
 the stage writes (:func:`identities`).
+
+The reward's other options are honoured on this path or refused (:data:`REMOTE_OPTIONS`):
+geneval's ``jpeg_quality`` (the JPEG round trip, before sending) and ``value`` (strict or
+partial, from the returned sub-scores) are applied here; ``detector_channels`` is sent to the
+server in the request (it must offer it). deqa's ``jpeg_quality`` and ``normalize`` are applied
+here. Any other option (a detector, a model path, thresholds) describes the in-process models and
+has no meaning for a server: a ConfigError, not silently dropped.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ REMOTE_TOOLS = {
     "deqa": ("deqa", "deqa", {}),
     "t2i_compbench": ("t2i_compbench", "t2i_compbench", {}),
 }
+# reward -> the options this path honours (the rest of a reward's options configure in-process models)
+REMOTE_OPTIONS = {"geneval": ("jpeg_quality", "value", "detector_channels"), "deqa": ("jpeg_quality", "normalize"),
+                  "t2i_compbench": ()}
 SERVER_KEYS = {"url", "timeout", "connect_timeout", "retries", "backoff", "batch_size", "image_encoding",
                "use_env_proxy", "command", "startup_timeout"}
 
@@ -47,19 +57,46 @@ class RemoteReward(Reward):
 
     needs = ("images", "prompts", "metadata")
 
-    def __init__(self, name: str, server: dict):
+    def __init__(self, name: str, server: dict, options: dict | None = None):
+        from .deqa import TrainingForm, flow_grpo_form
+        from .geneval import check_detector_channels, check_jpeg_quality
+
         self.name = name
         self.client = make_client(name, server)
+        options = dict(options or {})
+        refused = sorted(set(options) - set(REMOTE_OPTIONS[name]))
+        if refused:
+            raise ConfigError(f"reward.options.{name}: {refused} configure the in-process models and cannot be "
+                              f"honoured when reward.options.{name}.server is set (the server's own models score); "
+                              f"remove them (options honoured with a server: {list(REMOTE_OPTIONS[name])})")
+        self.form, self.value = TrainingForm(), "partial"
+        try:
+            if name == "geneval":
+                check_jpeg_quality(name, options.get("jpeg_quality"))
+                self.form = TrainingForm(options.get("jpeg_quality"))
+                self.value = options.get("value", "partial")
+                if self.value not in ("partial", "strict"):
+                    raise ValueError(f"reward.options.geneval.value: {self.value!r}; expected 'partial' or 'strict'")
+                channels = options.get("detector_channels", "bgr")
+                check_detector_channels(channels)
+                if channels != "bgr":  # the server's default is GenEval's; only a change is sent
+                    self.client.options["detector_channels"] = channels
+            elif name == "deqa":
+                self.form = flow_grpo_form(options.get("jpeg_quality"), options.get("normalize", False))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.identity = self.client.connect()
         self.last_records: list[dict] = []
 
     def score(self, images, prompts, metadata) -> dict[str, np.ndarray]:
         _, col, subs = REMOTE_TOOLS[self.name]
-        recs = self.client.score(np.asarray(images), list(prompts), list(metadata))
+        recs = self.client.score(self.form.prepare(np.asarray(images)), list(prompts), list(metadata))
         self.last_records = recs
-        out = {col: np.array([r["score"] for r in recs], np.float64)}
+        out = {col: self.form.finish([r["score"] for r in recs])}
         for sub, c in subs.items():
             out[c] = np.array([r["sub_scores"][sub] for r in recs], np.float64)
+        if self.value == "strict":  # the first column is the term's value (stages/score.py)
+            out = {"geneval_strict": out["geneval_strict"], **{k: v for k, v in out.items() if k != "geneval_strict"}}
         return out
 
 

@@ -9,6 +9,7 @@ from .base import Reward, register_reward
 @register_reward("t2i_compbench")
 class T2ICompBenchReward(Reward):
     batched = True  # batch_size goes to T2ICompBench's VQA / CLIP backends
+    uses_device = True  # runtime.device goes to every model it builds unless the options set one
     def __init__(self, categories=None, **options):
         """``options``: :class:`opgrpo_stages.t2i_compbench.T2ICompBench` (model paths, detector,
         depth, device). Raises ModelPathError when a model needed by ``categories`` (default all)

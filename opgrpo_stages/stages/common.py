@@ -30,7 +30,7 @@ def setup_torch(cfg: dict):
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     import torch
 
-    n = int(cfg["runtime"]["torch_threads"])
+    n = threads_for(int(cfg["runtime"]["torch_threads"]))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     torch.use_deterministic_algorithms(mode != "fast", warn_only=mode == "warn")
@@ -40,6 +40,20 @@ def setup_torch(cfg: dict):
         log.warning("CUDA started before setup_torch set CUBLAS_WORKSPACE_CONFIG=:4096:8: cuBLAS may stay "
                     "non-deterministic in this process; export it before starting")
     return torch
+
+
+def threads_for(wanted: int) -> int:
+    """``runtime.torch_threads``, but no more than the CPUs this process may run on (its affinity:
+    a Slurm rank bound to its share of the node's cores would otherwise oversubscribe them)."""
+    import os
+
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return wanted
+    if allowed < wanted:
+        log.info("torch threads: %d (this process's CPU affinity), not runtime.torch_threads = %d", allowed, wanted)
+    return max(1, min(wanted, allowed))
 
 
 def load_backbone(cfg: dict, policy_path=None, embeddings_path=None, expect: dict | None = None):
@@ -56,14 +70,15 @@ def load_backbone(cfg: dict, policy_path=None, embeddings_path=None, expect: dic
 
     from ..backbones import build_backbone
     from ..formats import policy as policy_fmt
-    from ..execution import lend, stamp
+    from ..execution import lend, one_load_at_a_time, stamp
 
     device = cfg["runtime"]["device"]
     key = (json.dumps(cfg["model"], sort_keys=True, default=str), json.dumps(cfg.get("world"), sort_keys=True,
            default=str), device, stamp(cfg["model"].get("base_weights")))
 
     def build():
-        bb = build_backbone(cfg["model"], cfg.get("world"), device=device, prompt_embeddings=embeddings_path)
+        with one_load_at_a_time():  # the node's ranks in turn: one host copy of the weights at a time
+            bb = build_backbone(cfg["model"], cfg.get("world"), device=device, prompt_embeddings=embeddings_path)
         # what a lend of the base model resets to; on the CPU: no accelerator memory held for it
         bb._opgrpo_fresh_policy = {k: v.detach().to("cpu", copy=True) for k, v in bb.policy_state_dict().items()}
         bb._opgrpo_embeddings = stamp(embeddings_path)

@@ -25,13 +25,14 @@ def build_term(cfg: dict, name: str, *, evaluation: bool = False):
     from ..rewards import REWARDS, build_reward
 
     opts = dict(cfg["reward"]["options"].get(name, {}))
-    if opts.get("server"):  # scored by an evaluator server in the tool's own environment
-        from ..rewards.remote import RemoteReward
-
-        return RemoteReward(name, opts["server"])
     if evaluation:
         for key in getattr(REWARDS[name], "training_only_options", ()):
             opts.pop(key, None)
+    if opts.get("server"):  # scored by an evaluator server in the tool's own environment
+        from ..rewards.remote import RemoteReward
+
+        server = opts.pop("server")
+        return RemoteReward(name, server, options=opts)
     if name == "geneval":
         opts.setdefault("world", cfg["world"])
     if getattr(REWARDS[name], "uses_device", False):
@@ -46,12 +47,14 @@ def build_terms(cfg: dict, *, evaluation: bool = False) -> dict:
     see build_term)."""
     from ..errors import ConfigError
     from ..execution import lend
-    from ..rewards import REWARDS
+    from ..rewards import REWARDS, check_devices
 
     terms = {}
     for name in cfg["reward"]["terms"]:
         if name not in REWARDS:
             raise ConfigError(f"reward.terms: unknown reward {name!r}; known: {sorted(REWARDS)}")
+    check_devices(cfg)  # a CPU reward model on a GPU run: refused before any model is built
+    for name in cfg["reward"]["terms"]:
         # the training reward: one instance per process and options inside a resident worker
         # (opgrpo_stages/execution/resident.py); final_eval's metrics are built per stage and freed after it
         opts = dict(cfg["reward"]["options"].get(name, {}))
@@ -121,17 +124,19 @@ def _score(cfg: dict, iteration: int, dp, *, images_path, samples_path, out_rewa
 
     setup_torch(cfg)  # the config's thread count: a reward model's float scores depend on it
     samples = tables.read(samples_path, "samples", expect=header.of(cfg, iteration))
-    images = images_fmt.read(images_path, expect=header.of(cfg, iteration))
-    if len(images) != len(samples):
+    mine = block_rows(dp, len(samples), reward_batch_size(cfg))
+    # this rank's rows only (each rank holding the whole file: W x 0.9 GB of host memory at paper scale)
+    images = images_fmt.read(images_path, expect=header.of(cfg, iteration), rows=range(mine.start, mine.stop))
+    if images_fmt.count(images_path) != len(samples):
         from ..errors import ArtifactError
 
-        raise ArtifactError(images_path, f"holds {len(images)} images but {samples_path} lists {len(samples)} samples")
+        raise ArtifactError(images_path, f"holds {images_fmt.count(images_path)} images but {samples_path} lists "
+                                         f"{len(samples)} samples")
     from ..rewards.remote import identities
 
     terms = build_terms(cfg)
     prompts, metadata = list(samples["prompt"]), [json.loads(m) for m in samples["metadata"]]
-    mine = block_rows(dp, len(samples), reward_batch_size(cfg))
-    block = score_images(cfg, images[mine], prompts[mine], metadata[mine], terms) if mine.stop > mine.start else None
+    block = score_images(cfg, images, prompts[mine], metadata[mine], terms) if mine.stop > mine.start else None
     blocks = gather_blocks(dp, block)
     if not dp.is_main:
         return

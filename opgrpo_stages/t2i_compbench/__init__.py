@@ -8,10 +8,15 @@ with 10 images per prompt by default. Formulas: :mod:`.rules`; models: :mod:`.ba
     shape         BLIP-VQA                                   vqa
     texture       BLIP-VQA                                   vqa
     spatial       2D spatial (detector)                      detector
-    3d_spatial    3D spatial (detector + depth)              detector, depth
-    numeracy      numeracy (detector)                        detector
+    3d_spatial    3D spatial (detector + depth)              detector_r50, depth
+    numeracy      numeracy (detector)                        detector_r50
     non_spatial   CLIP similarity                            clip
     complex       3-in-1 (BLIP-VQA, 2D spatial, CLIP)        vqa, detector, clip
+
+``detector_r50`` is the detector numeracy and 3D spatial use: upstream runs UniDet R50 for them
+and UniDet RS200 for 2D spatial (``numeracy_eval.py``, ``model_bank_3d.py``,
+``2D_spatial_eval.py``); in process, and whenever no ``detector_r50`` backend is given, it is the
+same object as ``detector``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from . import rules as R
 ASSETS = Path(__file__).resolve().parent.parent / "data" / "t2i_compbench"
 CATEGORIES = ("color", "shape", "texture", "spatial", "3d_spatial", "numeracy", "non_spatial", "complex")
 NEEDS = {"color": ("vqa",), "shape": ("vqa",), "texture": ("vqa",), "spatial": ("detector",),
-         "3d_spatial": ("detector", "depth"), "numeracy": ("detector",), "non_spatial": ("clip",),
+         "3d_spatial": ("detector_r50", "depth"), "numeracy": ("detector_r50",), "non_spatial": ("clip",),
          "complex": ("vqa", "detector", "clip")}
 
 
@@ -106,6 +111,8 @@ class T2ICompBench:
 
         if role in self._given:
             return self._given[role]
+        if role == "detector_r50":  # one detector for all, unless a separate one was given
+            return self.backend("detector")
         if role not in self._built and role not in self._errors:
             try:
                 self._built[role] = self._build(role)
@@ -158,8 +165,8 @@ class T2ICompBench:
 
     def spatial_3d(self, images, prompts, metadata) -> np.ndarray:
         images = np.asarray(images)
-        dets = self.backend("detector").detect(images)
-        depth = self.backend("depth").depth(images)
+        dets = self.backend("detector_r50").detect(images)
+        depth = self.backend("depth").depth(images)  # in the detector's box frame
         out = []
         for p, m, d, dm in zip(prompts, metadata, dets, depth):
             rel = R.locality(p, R.SPATIAL_3D)
@@ -168,7 +175,7 @@ class T2ICompBench:
         return np.array(out, np.float64)
 
     def numeracy(self, images, prompts, metadata) -> np.ndarray:
-        dets = self.backend("detector").detect(np.asarray(images))
+        dets = self.backend("detector_r50").detect(np.asarray(images))
         return np.array([R.numeracy_score([tuple(x) for x in m["objects"]] if m.get("objects")
                                           else R.numeracy_objects(p), d)
                          for p, m, d in zip(prompts, metadata, dets)], np.float64)

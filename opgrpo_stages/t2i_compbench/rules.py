@@ -59,7 +59,7 @@ COMPLEX_RELATIONS = ("on top of", "on bottom of", "on the left", "on the right",
 NUMBER_WORDS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
                 "eight": 8}
 NUMERACY_ALIASES = {"boy": "person", "girl": "person", "man": "person", "woman": "person", "ship": "boat",
-                    "telivision": "tv", "television": "tv", "goldfish": "fish", "painting": "picture"}
+                    "telivision": "tv", "goldfish": "fish", "painting": "picture"}  # upstream's list (no "television")
 _IRREGULAR_PLURALS = {"mice": "mouse", "people": "person", "men": "man", "women": "woman", "children": "child",
                       "geese": "goose", "teeth": "tooth", "feet": "foot", "knives": "knife", "leaves": "leaf",
                       "wolves": "wolf", "shelves": "shelf", "loaves": "loaf", "scarves": "scarf", "deer": "deer",
@@ -150,19 +150,61 @@ _NOT_OBJECTS = {"the", "a", "an", "was", "is", "are", "were", "be", "been", "sat
                 "and", "of", "his", "her", "their", "its", "it", "they", "which", "that"}
 
 
+def _relation_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every relation phrase of :data:`COMPLEX_RELATIONS` in ``text`` (whole words,
+    left to right; at one position the longest phrase, as upstream tries 3, 2, then 1 tokens)."""
+    spans, pos = [], 0
+    pattern = re.compile(r"\b(" + "|".join(sorted(map(re.escape, COMPLEX_RELATIONS), key=len, reverse=True)) + r")\b")
+    for m in pattern.finditer(text):
+        if m.start() >= pos:
+            spans.append((m.start(), m.end()))
+            pos = m.end()
+    return spans
+
+
 def complex_spatial_objects(prompt: str) -> tuple[str | None, str | None]:
-    """Objects around the relation of a complex prompt (upstream: the nearest noun before the first
-    relation phrase and the first noun after it). Without a tagger: the nearest word before that
-    is not a function word or common verb, and the last word of the noun phrase after it."""
+    """Objects around the relations of a complex prompt. Upstream (``2D_spatial_eval.py --complex``)
+    collects, for EVERY relation phrase, the nearest noun before it and the first noun after it,
+    and uses them only when exactly two were found (else both None: the image scores 0). Without a
+    tagger: the nearest word before that is not a function word or common verb, and the last word
+    of the noun phrase after it. :func:`complex_objects_from_tags` is the exact rule on tagged
+    tokens (the server tags with spaCy when installed)."""
     text = prompt.lower()
-    hits = [(text.find(r), r) for r in COMPLEX_RELATIONS if r in text]
-    if not hits:
-        return None, None
-    pos, rel = min(hits)
-    before = [w for w in _words(text[:pos]) if w not in _NOT_OBJECTS]
-    after = _words(re.split(r",|\band\b|\.|\bwhile\b|\bwith\b", text[pos + len(rel):])[0])
-    after = [w for w in after if w not in _NOT_OBJECTS]
-    return (before[-1] if before else None), (after[-1] if after else None)
+    objects = []
+    for start, end in _relation_spans(text):
+        before = [w for w in _words(text[:start]) if w not in _NOT_OBJECTS]
+        after = _words(re.split(r",|\band\b|\.|\bwhile\b|\bwith\b", text[end:])[0])
+        after = [w for w in after if w not in _NOT_OBJECTS]
+        objects += before[-1:] + after[-1:]
+    return (objects[0], objects[1]) if len(objects) == 2 else (None, None)
+
+
+def complex_objects_from_tags(tokens: Sequence[tuple[str, str]]) -> tuple[str | None, str | None]:
+    """Upstream's complex-prompt objects on (text, coarse POS) tokens, as spaCy tags them: at each
+    token where a relation of 3, 2 or 1 tokens starts, the nearest NOUN or PROPN before it, and the
+    first NOUN after it (if none until the end: the first PROPN not followed by a PROPN); the pair
+    only when exactly two objects were collected."""
+    texts = [t for t, _ in tokens]
+    pos = [p for _, p in tokens]
+    objects = []
+    for i in range(len(tokens)):
+        k = next((k for k in (3, 2, 1) if " ".join(texts[i:i + k]) in COMPLEX_RELATIONS), None)
+        if k is None:
+            continue
+        before = next((texts[j] for j in range(i - 1, -1, -1) if pos[j] in ("NOUN", "PROPN")), None)
+        objects += [before] if before is not None else []
+        after = next((texts[j] for j in range(i + k, len(tokens)) if pos[j] == "NOUN"), None)
+        if after is None:
+            after = next((texts[j] for j in range(i + k, len(tokens) - 1)
+                          if pos[j] == "PROPN" and pos[j + 1] != "PROPN"), None)
+        objects += [after] if after is not None else []
+    return (objects[0], objects[1]) if len(objects) == 2 else (None, None)
+
+
+def without_adjectives(tokens: Sequence[tuple[str, str]]) -> str:
+    """Upstream's CLIP text for complex prompts (``CLIP_similarity.py --complex``): the tokens that
+    are not ADJ, joined by single spaces."""
+    return " ".join(t for t, p in tokens if p != "ADJ")
 
 
 def box_iou(b1, b2) -> float:

@@ -1,0 +1,105 @@
+"""The report's statistics: pure functions of numbers (numpy arrays, lists, pandas columns).
+
+No file is read or written here and nothing is drawn; ``load``, the entry points (``experiment``,
+``seeds``), ``tables`` and ``figures`` call these. What each computes is stated exactly, corner
+cases included, because the published numbers are whatever these return (tests:
+``tests/test_report_stats.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+B = 10000  # bootstrap resamples
+
+
+def smooth(values, window: int = 5):
+    """Trailing moving average: element ``i`` is the mean of ``values[max(0, i - window + 1) : i + 1]``
+    (the first ``window - 1`` elements average over the shorter prefix available). A window longer
+    than the series is cut to its length; an empty series gives an empty array."""
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0:
+        return v
+    w = min(window, len(v))
+    c = np.convolve(v, np.ones(w) / w, mode="valid")
+    return np.concatenate([np.cumsum(v[: w - 1]) / np.arange(1, w), c])
+
+
+def crossing(xs, ys, target):
+    """First x where the piecewise-linear curve through (xs, ys) reaches ``target`` (``y >= target``);
+    nan if no point does. Between the last point below and the first point at or above the target
+    the x is interpolated linearly; if the first point already reaches it, its x (no extrapolation
+    before the curve starts). Only points are tested: a curve that rises above the target and falls
+    back between two points is not seen."""
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        if y >= target:
+            if i == 0:
+                return float(x)
+            x0, y0 = xs[i - 1], ys[i - 1]
+            return float(x0 + (target - y0) / (y - y0) * (x - x0)) if y != y0 else float(x)
+    return math.nan
+
+
+def crossing_fraction(ref_curves, run_curves, xs_ref, xs_run, n_ref):
+    """Fraction of the reference's ``n_ref`` iterations at which the seed-mean run curve first
+    reaches the seed-mean reference curve's final value (``crossing`` / ``n_ref``; +inf when it
+    never does). ``ref_curves``, ``run_curves``: arrays (seeds, points), averaged over axis 0;
+    ``xs_run``: the run curve's x values (``xs_ref`` is not used)."""
+    ref = ref_curves.mean(axis=0)
+    c = crossing(xs_run, list(run_curves.mean(axis=0)), float(ref[-1]))
+    return c / n_ref if c == c else math.inf
+
+
+def bootstrap(values, rng, stat=None):
+    """(statistic, 2.5th, 97.5th percentile) of ``stat`` (default mean over seeds, axis 0) under
+    resampling the seeds (rows) with replacement. ``values``: array (seeds, ...). Non-finite
+    statistics (e.g. a target never reached: +inf) stay in the ranking; the 'inverted_cdf'
+    percentile returns an attained value, so an interval may end at inf (= not reached).
+
+    ``B`` resamples drawn as one ``rng.integers(0, n, (B, n))`` call; with fewer than 2 seeds no
+    draw is made and the interval is (nan, nan). With ``stat``, a resample's statistic is taken on
+    its seeds in sorted order (it depends on the set drawn, not the order) and computed once per
+    distinct set."""
+    v = np.asarray(values, dtype=float)
+    point = stat(v) if stat else v.mean(axis=0)
+    if len(v) < 2:
+        nan = np.full(np.shape(point), np.nan)
+        return point, nan, nan
+    idx = rng.integers(0, len(v), size=(B, len(v)))
+    if stat:  # a resample's statistic depends on which seeds it drew, not their order: evaluate each set once
+        memo: dict = {}
+        boot = np.array([memo[k] if k in memo else memo.setdefault(k, stat(v[list(k)]))
+                         for k in map(tuple, np.sort(idx, axis=1))])
+    else:
+        boot = v[idx].mean(axis=1)  # (B, ...)
+    lo = np.quantile(boot, 0.025, axis=0, method="inverted_cdf")
+    hi = np.quantile(boot, 0.975, axis=0, method="inverted_cdf")
+    return point, lo, hi
+
+
+def degenerate_shares(groups, sources, rewards) -> tuple[float, float]:
+    """(share of groups whose rewards all tie, share whose fresh samples' rewards all tie) in one
+    iteration. A tied group has zero advantage for every sample: no signal (the paper's
+    degenerate groups). The first is what the update sees (a replayed sample can break the tie);
+    the second is what on-policy sampling alone would have given those prompts (a group without
+    fresh samples counts as tied). Ties are exact float equality."""
+    groups, sources, rewards = np.asarray(groups), np.asarray(sources), np.asarray(rewards, dtype=float)
+    tied, tied_fresh = [], []
+    for g in np.unique(groups):
+        m = groups == g
+        tied.append(bool(np.all(rewards[m] == rewards[m][0])))
+        f = rewards[m & (sources == "fresh")]
+        tied_fresh.append(bool(len(f) == 0 or np.all(f == f[0])))
+    return float(np.mean(tied)), float(np.mean(tied_fresh))
+
+
+def seed_spread(values) -> tuple[int, int, float, float | None]:
+    """(seeds reaching, seeds, mean, std) of per-seed values where nan = not reached: mean and
+    population std (ddof 0) over the reaching seeds only; mean nan if none reaches, std None with
+    fewer than two."""
+    v = np.asarray(values, dtype=float)
+    reached = v[~(v != v)]
+    return (len(reached), len(v), reached.mean() if len(reached) else math.nan,
+            reached.std() if len(reached) > 1 else None)
