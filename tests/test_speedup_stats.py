@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from opgrpo_stages.report import speedup_stats as S
+from opgrpo_stages.report import stats as ST
 
 XS = np.arange(0, 13, 2)  # base, then after iterations 2, 4, ..., 12 (T = 12)
 BASE = 0.33
@@ -87,8 +88,8 @@ def test_opgrpo_that_never_reaches_counts_T():
 
 def test_bca_matches_t_interval_for_a_mean_of_normal_data():
     v = np.random.default_rng(3).normal(1.0, 1.0, 40)
-    est, lo, hi, bad = S.bca(lambda i: v[i].mean(axis=-1), len(v), np.random.default_rng(4), b=4000)
-    m, tlo, thi, _ = S.t_interval(v)
+    est, lo, hi, bad = ST.bca(lambda i: v[i].mean(axis=-1), len(v), np.random.default_rng(4), b=4000)
+    m, tlo, thi, _ = ST.t_interval(v)
     assert bad == 0 and est == pytest.approx(m)
     assert lo == pytest.approx(tlo, abs=0.08) and hi == pytest.approx(thi, abs=0.08)
 
@@ -131,7 +132,7 @@ def test_shipped_speedup_experiment_follows_the_preregistered_design():
 
 
 def test_speedup_table_states_ratio_decision_guard_and_seeds():
-    from opgrpo_stages.report.speedup_tables import markdown
+    from opgrpo_stages.report.tables import speedup_markdown as markdown
 
     flow, op = _arms(0.5)
     md = markdown(S.analyse(XS, flow, op, np.random.default_rng(1), b=500), {"sp_flowgrpo": 16, "sp_opgrpo": 16})

@@ -13,14 +13,11 @@ invent one). Interval: BCa bootstrap over seed pairs, L recomputed in every resa
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats as sps
 
-B = 10000  # bootstrap resamples
-LEVEL = 0.95
+from .stats import B, bca, t_interval
 
 SPEEDUP, NO_SPEEDUP, INCONCLUSIVE = "speed-up shown", "no speed-up", "inconclusive"
 CANNOT_TEST = "this regime cannot test the claim"
@@ -78,45 +75,6 @@ def warp_factor(xs, flow_mean, op_mean, grid=None):
         op_at = om[..., k] * (1 - w) + om[..., k + 1] * w
         err[..., j] = ((op_at - fm[..., 1:][..., use]) ** 2).mean(axis=-1)
     return grid[err.argmin(axis=-1)]
-
-
-def bca(stat, n: int, rng, *, level: float = LEVEL, b: int = B):
-    """(estimate, low, high, undefined resamples) of ``stat`` by the BCa bootstrap over n units
-    (Efron 1987). ``stat(idx)`` takes an int array (..., k) of unit indices and returns (...,):
-    the statistic of those units, vectorised over leading axes. Resamples whose statistic is not
-    finite are left out (their count is returned). Bias correction z0 from the share of resamples
-    below the estimate (ties count half); acceleration from the leave-one-out jackknife."""
-    theta = float(stat(np.arange(n)))
-    idx = rng.integers(0, n, size=(b, n))
-    boot = np.asarray(stat(idx), dtype=float)
-    ok = np.isfinite(boot)
-    boot = boot[ok]
-    if not math.isfinite(theta) or len(boot) == 0:
-        return theta, math.nan, math.nan, int((~ok).sum())
-    if np.all(boot == boot[0]):
-        return theta, float(boot[0]), float(boot[0]), int((~ok).sum())
-    below = (np.sum(boot < theta) + 0.5 * np.sum(boot == theta)) / len(boot)
-    z0 = sps.norm.ppf(np.clip(below, 1 / (2 * len(boot)), 1 - 1 / (2 * len(boot))))
-    jack = np.asarray(stat(np.array([np.delete(np.arange(n), i) for i in range(n)])), dtype=float)
-    jack = jack[np.isfinite(jack)]
-    d = jack.mean() - jack
-    den = 6.0 * (d ** 2).sum() ** 1.5
-    a = float((d ** 3).sum() / den) if den > 0 else 0.0
-    z = sps.norm.ppf([(1 - level) / 2, (1 + level) / 2])
-    p = sps.norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
-    lo, hi = np.quantile(boot, p)
-    return theta, float(lo), float(hi), int((~ok).sum())
-
-
-def t_interval(values, level: float = LEVEL):
-    """(mean, low, high, n): Student-t interval of the mean of ``values`` (nan bounds below 2 values)."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    n = len(v)
-    if n < 2:
-        return (float(v.mean()) if n else math.nan), math.nan, math.nan, n
-    half = sps.t.ppf((1 + level) / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)
-    return float(v.mean()), float(v.mean() - half), float(v.mean() + half), n
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """The report's statistics: pure functions of numbers (numpy arrays, lists, pandas columns).
 
 No file is read or written here and nothing is drawn; ``load``, the entry points (``experiment``,
-``seeds``), ``tables`` and ``figures`` call these. What each computes is stated exactly, corner
-cases included, because the published numbers are whatever these return (tests:
-``tests/test_report_stats.py``).
+``seeds``, ``speedup``), ``speedup_stats``, ``tables`` and ``figures`` call these. What each
+computes is stated exactly, corner cases included, because the published numbers are whatever
+these return (tests:
+``tests/test_report_stats.py``, ``tests/test_speedup_stats.py`` for ``bca`` and ``t_interval``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import stats as sps
 
 B = 10000  # bootstrap resamples
+LEVEL = 0.95  # two-sided level of every interval
 
 
 def smooth(values, window: int = 5):
@@ -103,3 +106,42 @@ def seed_spread(values) -> tuple[int, int, float, float | None]:
     reached = v[~(v != v)]
     return (len(reached), len(v), reached.mean() if len(reached) else math.nan,
             reached.std() if len(reached) > 1 else None)
+
+
+def bca(stat, n: int, rng, *, level: float = LEVEL, b: int = B):
+    """(estimate, low, high, undefined resamples) of ``stat`` by the BCa bootstrap over n units
+    (Efron 1987). ``stat(idx)`` takes an int array (..., k) of unit indices and returns (...,):
+    the statistic of those units, vectorised over leading axes. Resamples whose statistic is not
+    finite are left out (their count is returned). Bias correction z0 from the share of resamples
+    below the estimate (ties count half); acceleration from the leave-one-out jackknife."""
+    theta = float(stat(np.arange(n)))
+    idx = rng.integers(0, n, size=(b, n))
+    boot = np.asarray(stat(idx), dtype=float)
+    ok = np.isfinite(boot)
+    boot = boot[ok]
+    if not math.isfinite(theta) or len(boot) == 0:
+        return theta, math.nan, math.nan, int((~ok).sum())
+    if np.all(boot == boot[0]):
+        return theta, float(boot[0]), float(boot[0]), int((~ok).sum())
+    below = (np.sum(boot < theta) + 0.5 * np.sum(boot == theta)) / len(boot)
+    z0 = sps.norm.ppf(np.clip(below, 1 / (2 * len(boot)), 1 - 1 / (2 * len(boot))))
+    jack = np.asarray(stat(np.array([np.delete(np.arange(n), i) for i in range(n)])), dtype=float)
+    jack = jack[np.isfinite(jack)]
+    d = jack.mean() - jack
+    den = 6.0 * (d ** 2).sum() ** 1.5
+    a = float((d ** 3).sum() / den) if den > 0 else 0.0
+    z = sps.norm.ppf([(1 - level) / 2, (1 + level) / 2])
+    p = sps.norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
+    lo, hi = np.quantile(boot, p)
+    return theta, float(lo), float(hi), int((~ok).sum())
+
+
+def t_interval(values, level: float = LEVEL):
+    """(mean, low, high, n): Student-t interval of the mean of ``values`` (nan bounds below 2 values)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    n = len(v)
+    if n < 2:
+        return (float(v.mean()) if n else math.nan), math.nan, math.nan, n
+    half = sps.t.ppf((1 + level) / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)
+    return float(v.mean()), float(v.mean() - half), float(v.mean() + half), n
