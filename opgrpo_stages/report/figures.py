@@ -195,3 +195,44 @@ def logp_cliff(data, cliff_g, cliff, path):
     fig.tight_layout()
     save(fig, path)
     plt.close(fig)
+
+
+def reward_label(rc: dict) -> str:
+    """The held-out reward's name for an axis: GenEval's partial credit or strict 0/1 verdict (the
+    evaluation records the run's training reward on the held-out images)."""
+    terms = rc["reward"]["terms"]
+    if list(terms) == ["geneval"]:
+        value = rc["reward"].get("options", {}).get("geneval", {}).get("value", "partial")
+        return "GenEval partial-credit reward" if value == "partial" else "GenEval strict accuracy (0/1)"
+    return "reward (" + " + ".join(f"{w:g} {t}" for t, w in terms.items()) + ")"
+
+
+def speedup_heldout(xs, arms: dict, base: float, target: float, reward: str, path):
+    """The `speedup` experiment's held-out curves: per arm (name -> array (seeds, points), column 0
+    the base) each seed's measured points (thin) and the mean over seeds with its 95% t-interval at
+    every evaluation (no smoothing; straight segments only join measured points); the base model and
+    L (Flow-GRPO's mean at T) as horizontal lines; integer x axis in iterations trained."""
+    import matplotlib.pyplot as plt
+
+    from .stats import t_interval
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (name, ys), color in zip(arms.items(), ("tab:blue", "tab:orange")):
+        ys = np.asarray(ys, dtype=float)
+        for row in ys:
+            ax.plot(xs, row, color=color, alpha=0.15, lw=0.8, marker=".", ms=3)
+        iv = np.array([t_interval(ys[:, j]) for j in range(ys.shape[1])])  # mean, low, high, n
+        err = np.vstack([iv[:, 0] - iv[:, 1], iv[:, 2] - iv[:, 0]])
+        ax.errorbar(xs, iv[:, 0], yerr=np.where(np.isfinite(err), err, 0), color=color, marker="o", capsize=3,
+                    label=f"{name}: mean of {len(ys)} seeds, 95% t-interval")
+    ax.axhline(base, color="k", ls="--", lw=1, label=f"base model ({base:.3f})")
+    ax.axhline(target, color="gray", ls=":", lw=1, label=f"L = Flow-GRPO's mean at T ({target:.3f})")
+    ax.set_xticks([int(x) for x in xs])
+    ax.set(xlabel="iterations trained (0 = base model)", ylabel=f"held-out {reward}",
+           title="speedup: held-out reward of the raw policy (measured points; thin: each seed)")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save(fig, path)
+    plt.close(fig)

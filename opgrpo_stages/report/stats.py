@@ -98,6 +98,15 @@ def degenerate_shares(groups, sources, rewards) -> tuple[float, float]:
     return float(np.mean(tied)), float(np.mean(tied_fresh))
 
 
+def dataset_drawn_mean(groups, sources, rewards) -> float:
+    """Mean reward of the groups whose prompt came from the prompt set: groups holding no replayed
+    sample (a group that replays a buffer entry was chosen for its past reward, so its fresh
+    samples are biased up too). nan if every group replays."""
+    groups, sources, rewards = np.asarray(groups), np.asarray(sources), np.asarray(rewards, dtype=float)
+    drawn = ~np.isin(groups, groups[sources == "replay"])
+    return float(rewards[drawn].mean()) if drawn.any() else math.nan
+
+
 def seed_spread(values) -> tuple[int, int, float, float | None]:
     """(seeds reaching, seeds, mean, std) of per-seed values where nan = not reached: mean and
     population std (ddof 0) over the reaching seeds only; mean nan if none reaches, std None with

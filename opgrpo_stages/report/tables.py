@@ -149,7 +149,7 @@ def interval_cell(iv: Interval, digits: int = 3) -> str:
     return f"{_num(iv.estimate, digits)} [{_num(iv.low, digits)}, {_num(iv.high, digits)}]"
 
 
-def speedup_markdown(res: SpeedupResult, seeds_per_arm: dict[str, int]) -> str:
+def speedup_markdown(res: SpeedupResult, seeds_per_arm: dict[str, int], evaluated_on: str = "288 prompts x 1 noise") -> str:
     """`results/speedup/tables/speedup.md` (layout fixed by docs/speedup.md): R, its interval and
     method, the decision, the guard, the secondaries in the pre-registered order, seeds per arm."""
     arms = ", ".join(f"{arm} {n}" for arm, n in seeds_per_arm.items())
@@ -161,7 +161,7 @@ def speedup_markdown(res: SpeedupResult, seeds_per_arm: dict[str, int]) -> str:
         "| quantity | value [95% interval] | method |",
         "|---|---|---|",
         f"| seeds per arm | {arms} | paired by seed (common random numbers) |",
-        f"| base held-out reward | {_num(res.base, 4)} | 288 prompts x 1 noise |",
+        f"| base held-out reward | {_num(res.base, 4)} | {evaluated_on} |",
         f"| L: Flow-GRPO's held-out reward at T | {_num(res.target, 4)} | mean over its seeds |",
         f"| guard: Flow-GRPO's gain L - base | {interval_cell(res.gain, 4)} | {res.gain.method} |",
     ]
