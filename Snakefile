@@ -525,6 +525,7 @@ rule report:
         ablations_csv=report(L.results("{exp}") + "/tables/ablations.csv", category="{exp}", subcategory="Tables",
                              caption="report/ablations.rst"),
         ablations_md=L.results("{exp}") + "/tables/ablations.md",
+        ablation_differences=L.results("{exp}") + "/tables/ablation_differences.csv",
         logp_cliff=L.results("{exp}") + "/tables/logp_cliff.csv",
         fig2=report(L.results("{exp}") + "/figures/fig2_logp_cliff.png", category="{exp}", subcategory="Off-policy",
                     caption="report/fig2.rst"),

@@ -42,6 +42,7 @@ def outputs_for(exp: str) -> dict:
         "headline_md": f"{r}/tables/headline.md",
         "ablations_csv": f"{r}/tables/ablations.csv",
         "ablations_md": f"{r}/tables/ablations.md",
+        "ablation_differences": f"{r}/tables/ablation_differences.csv",  # Fig. 6's numbers
         "logp_cliff": f"{r}/tables/logp_cliff.csv",
         "fig2": f"{r}/figures/fig2_logp_cliff.png",
         "fig3": f"{r}/figures/fig3_curves.png",
