@@ -123,13 +123,18 @@ wildcard_constraints:
     split="train|heldout|t2i_compbench",
 
 
-localrules: all, prompts, report, tensorboard
+localrules: all, prompts, report, report_speedup, tensorboard
 
 
 def report_files(exp):
     from opgrpo_stages.stages.report import outputs_for
 
     return list(outputs_for(exp).values())
+
+
+from opgrpo_stages.report.outputs import SPEEDUP as SPEEDUP_EXPERIMENTS, speedup_outputs
+
+SPEEDUP_OUTPUTS = speedup_outputs("{exp}")  # rule report_speedup's files; rule report writes the others
 
 
 # Watching a run (README): each iteration's record and each held-out evaluation, read from the tables
@@ -271,7 +276,7 @@ rule rollout:
     log:
         L.log("{run}/iter_{iter}/rollout.log"),
     benchmark:
-        L.log("{run}/iter_{iter}/rollout.benchmark.tsv")
+        L.benchmark("{run}", "{iter}", "rollout")
     threads: workflow.cores
     resources:
         **stage_resources("rollout", data_parallel=True),  # one GPU per rank, distributed.nodes nodes
@@ -300,7 +305,7 @@ rule score:
     log:
         L.log("{run}/iter_{iter}/score.log"),
     benchmark:
-        L.log("{run}/iter_{iter}/score.benchmark.tsv")
+        L.benchmark("{run}", "{iter}", "score")
     run:
         from opgrpo_stages.stages.score import score
 
@@ -325,6 +330,8 @@ rule buffer_update:
         **stage_resources("buffer_update"),
     log:
         L.log("{run}/iter_{iter}/buffer_update.log"),
+    benchmark:
+        L.benchmark("{run}", "{iter}", "buffer_update")
     run:
         from opgrpo_stages.stages.buffer_update import buffer_update
 
@@ -353,7 +360,7 @@ rule policy_update:
     log:
         L.log("{run}/iter_{iter}/policy_update.log"),
     benchmark:
-        L.log("{run}/iter_{iter}/policy_update.benchmark.tsv")
+        L.benchmark("{run}", "{iter}", "policy_update")
     threads: workflow.cores
     resources:
         **stage_resources("policy_update", data_parallel=True),  # one GPU per rank, distributed.nodes nodes
@@ -524,6 +531,7 @@ rule report:
         ablations_csv=report(L.results("{exp}") + "/tables/ablations.csv", category="{exp}", subcategory="Tables",
                              caption="report/ablations.rst"),
         ablations_md=L.results("{exp}") + "/tables/ablations.md",
+        ablation_differences=L.results("{exp}") + "/tables/ablation_differences.csv",
         logp_cliff=L.results("{exp}") + "/tables/logp_cliff.csv",
         fig2=report(L.results("{exp}") + "/figures/fig2_logp_cliff.png", category="{exp}", subcategory="Off-policy",
                     caption="report/fig2.rst"),
@@ -535,13 +543,41 @@ rule report:
                      caption="report/fig6.rst"),
     params:
         *rerun_params("report", lambda w: config, [config]),  # the `report` section
+    wildcard_constraints:
+        exp=f"(?!(?:{'|'.join(SPEEDUP_EXPERIMENTS)})$)[^/]+",  # those have rule report_speedup
     log:
         L.log("report_{exp}.log"),
     run:
         from opgrpo_stages.stages.report import report as make_report
 
         with X.rule_log(log[0]):
-            make_report(config, EXPERIMENTS[wildcards.exp], outputs=dict(output))
+            make_report(config, EXPERIMENTS[wildcards.exp], outputs=dict(output), exp=wildcards.exp)
+
+
+def speedup_report_inputs(w):
+    """Every file the speed-up report reads (outputs.speedup_inputs): no final_eval, no sample grid."""
+    from opgrpo_stages.report.outputs import speedup_inputs
+
+    return speedup_inputs({r: RUN_CFG[r] for r in EXPERIMENTS[w.exp]})
+
+
+rule report_speedup:  # the pre-registered speed-up test (docs/speedup.md; opgrpo_stages/report/speedup.py)
+    input:
+        unpack(speedup_report_inputs),
+    output:
+        **{k: (report(p, category="{exp}", subcategory="Speed-up", caption="report/speedup.rst") if k == "speedup_fig"
+               else p) for k, p in SPEEDUP_OUTPUTS.items()},
+    wildcard_constraints:
+        exp="|".join(SPEEDUP_EXPERIMENTS),
+    params:
+        *rerun_params("report", lambda w: config, [config]),
+    log:
+        L.log("report_{exp}.log"),
+    run:
+        from opgrpo_stages.stages.report import report as make_report
+
+        with X.rule_log(log[0]):
+            make_report(config, EXPERIMENTS[wildcards.exp], outputs=dict(output), exp=wildcards.exp)
 
 
 rule tensorboard:  # the record of one iteration (or evaluation) of one run: see monitor_files

@@ -166,7 +166,7 @@ def main(argv=None) -> int:
             if args["experiment"] not in cfg_all["experiments"]:
                 raise config_mod.ConfigError(f"{known.config}: no experiment {args['experiment']!r} "
                                              f"(defined: {sorted(cfg_all['experiments'])})")
-            report(cfg_all, cfg_all["experiments"][args["experiment"]], outputs_for(args["experiment"]))
+            report(cfg_all, cfg_all["experiments"][args["experiment"]], outputs_for(args["experiment"]), exp=args["experiment"])
             return 0
         if stage == "final_eval":
             from .stages.final_eval import final_eval, final_eval_paths

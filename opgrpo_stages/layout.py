@@ -46,6 +46,15 @@ def log(name: str) -> str:
     return f"{LOGS}/{name}"
 
 
+BENCHMARKED = ("rollout", "score", "buffer_update", "policy_update")  # rules with a `benchmark:` file
+
+
+def benchmark(run, k, stage: str) -> str:
+    """Snakemake's benchmark file of a stage of one iteration (wall seconds; formats/benchmark.py);
+    ``run``, ``k`` may be wildcards."""
+    return log(f"{run}/iter_{fmt(k)}/{stage}.benchmark.tsv")
+
+
 def check_iteration(cfg: dict, k: int) -> None:
     """Iteration ``k`` exists in ``cfg``'s run (0 .. train.iterations-1): a request past the end
     is an error, not a silently longer run."""

@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from opgrpo_stages.report.stats import (B, bootstrap, crossing, crossing_fraction, degenerate_shares, seed_spread,
-                                        smooth)
+from opgrpo_stages.report.stats import (NOT_REACHED, REACHED, UNDEFINED_FIRST, UNDEFINED_REFERENCE,
+                                        censored_fraction, censored_summary, crossing, dataset_drawn_mean,
+                                        degenerate_shares, smooth, steps_to_target, t_interval)
 
 
 # smoothing ---------------------------------------------------------------------------------------
@@ -55,56 +56,6 @@ def test_crossing_is_the_first_point_reaching_the_target_even_after_a_dip():
     assert crossing([0, 10, 20, 30], [0.0, 1.0, 0.0, 1.0], 0.5) == pytest.approx(5.0)
 
 
-def test_crossing_fraction_uses_seed_mean_curves():
-    ref = np.array([[0.0, 0.2, 0.4], [0.0, 0.4, 0.6]])  # mean final value 0.5
-    run = np.array([[0.0, 0.6, 0.6], [0.0, 0.2, 0.6]])  # mean 0, 0.4, 0.6: reaches 0.5 halfway from x=10 to x=20
-    assert crossing_fraction(ref, run, [0, 10, 20], [0, 10, 20], 20) == pytest.approx(15.0 / 20)
-    # never reached: +inf (not nan), so a bootstrap can rank it
-    assert crossing_fraction(ref, run * 0.5, [0, 10, 20], [0, 10, 20], 20) == math.inf
-
-
-# bootstrap intervals -----------------------------------------------------------------------------
-
-def test_bootstrap_reproduces_with_a_fixed_seed_and_matches_an_independent_resampling():
-    v = np.random.default_rng(11).normal(0.5, 0.1, size=8)
-    p, lo, hi = bootstrap(v, np.random.default_rng(42))
-    # same draws, recomputed by hand: B resamples of 8 seed indices, mean each, inverted-cdf percentiles
-    idx = np.random.default_rng(42).integers(0, 8, size=(B, 8))
-    means = np.sort(v[idx].mean(axis=1))
-    assert p == pytest.approx(v.mean())
-    assert lo == means[math.ceil(0.025 * B) - 1] and hi == means[math.ceil(0.975 * B) - 1]
-    assert (p, lo, hi) == bootstrap(v, np.random.default_rng(42))
-
-
-def test_bootstrap_interval_covers_a_known_mean():
-    # 200 experiments of 10 seeds from N(0.3, 0.05): the 95% interval should cover 0.3 most of the time
-    # (percentile bootstrap with 10 seeds undercovers a little: nominal 95%, here between 85% and 100%)
-    rng = np.random.default_rng(7)
-    covered = 0
-    for _ in range(200):
-        _, lo, hi = bootstrap(rng.normal(0.3, 0.05, size=10), rng)
-        covered += lo <= 0.3 <= hi
-    assert 0.85 <= covered / 200 <= 1.0
-
-
-def test_bootstrap_per_column_and_one_seed():
-    v = np.array([[0.0, 1.0], [2.0, 1.0]])  # two seeds, two columns: intervals per column
-    p, lo, hi = bootstrap(v, np.random.default_rng(0))
-    assert list(p) == [1.0, 1.0] and list(lo) == [0.0, 1.0] and list(hi) == [2.0, 1.0]
-    p, lo, hi = bootstrap([[0.1, 0.2]], np.random.default_rng(0))
-    assert list(p) == [0.1, 0.2] and np.isnan(lo).all() and np.isnan(hi).all()
-
-
-def test_bootstrap_with_a_statistic_keeps_inf_in_the_ranking():
-    # statistic: inf when the resample's mean is below 0.5 (a target "not reached"), else the mean
-    stat = lambda v: math.inf if v.mean() < 0.5 else float(v.mean())  # noqa: E731
-    p, lo, hi = bootstrap([0.0, 1.0], np.random.default_rng(0), stat)
-    # resamples {0,0} -> inf (p 1/4), {0,1} -> 0.5 (1/2), {1,1} -> 1.0 (1/4): lowest attained 0.5, highest inf
-    assert (p, lo, hi) == (0.5, 0.5, math.inf)
-
-
-# degenerate groups and spreads over seeds --------------------------------------------------------
-
 def test_degenerate_shares_treat_a_group_without_fresh_samples_as_tied():
     groups = [0, 0, 1, 1]
     sources = ["replay", "replay", "fresh", "fresh"]
@@ -112,8 +63,47 @@ def test_degenerate_shares_treat_a_group_without_fresh_samples_as_tied():
     assert degenerate_shares(groups, sources, rewards) == (0.5, 1.0)
 
 
-def test_seed_spread_ignores_seeds_not_reaching():
-    n_reached, n, mean, std = seed_spread([0.2, math.nan, 0.4])
-    assert (n_reached, n) == (2, 3) and mean == pytest.approx(0.3) and std == pytest.approx(0.1)  # ddof 0
-    assert seed_spread([0.2, math.nan])[3] is None
-    assert math.isnan(seed_spread([math.nan])[2])
+# steps to target (issue 21 §3) ---------------------------------------------------------------------
+
+def test_steps_to_target_is_undefined_when_the_reference_did_not_improve():
+    # the reference ends at or below its own start: nothing to reach, whatever the run does
+    assert steps_to_target([0, 1, 2], [0.1, 0.5, 0.9], 0.3, 0.3)[1] == UNDEFINED_REFERENCE
+    assert steps_to_target([0, 1, 2], [0.1, 0.5, 0.9], 0.2, 0.3)[1] == UNDEFINED_REFERENCE
+    assert math.isnan(steps_to_target([0, 1, 2], [0.1, 0.5, 0.9], 0.2, 0.3)[0])
+
+
+def test_a_crossing_at_the_first_point_is_not_a_speedup():
+    x, status = steps_to_target([0, 1, 2], [0.5, 0.4, 0.6], 0.45, 0.3)
+    assert math.isnan(x) and status == UNDEFINED_FIRST
+
+
+def test_steps_to_target_reached_and_not_reached():
+    assert steps_to_target([0, 10, 20], [0.1, 0.3, 0.5], 0.35, 0.1) == (pytest.approx(12.5), REACHED)
+    x, status = steps_to_target([0, 10, 20], [0.1, 0.2, 0.3], 0.35, 0.1)
+    assert math.isnan(x) and status == NOT_REACHED
+    assert censored_fraction(12.5, REACHED, 20) == 0.625
+    assert censored_fraction(math.nan, NOT_REACHED, 20) == 1.0  # censored at the reference's length
+    assert math.isnan(censored_fraction(math.nan, UNDEFINED_FIRST, 20))
+
+
+def test_summary_over_seeds_never_averages_only_the_seeds_that_reach():
+    line = censored_summary([0.4, 1.0], [REACHED, NOT_REACHED])
+    assert "1/2 seeds reach" in line and "0.700" in line and "lower bound" in line  # (0.4 + 1.0) / 2, not 0.4
+    line = censored_summary([0.4, math.nan], [REACHED, UNDEFINED_REFERENCE])
+    assert "mean undefined" in line and "did not improve" in line and "0.400" not in line
+
+
+def test_t_interval_matches_the_textbook_formula():
+    v = [0.2, 0.4, 0.3, 0.5, 0.35]
+    m, lo, hi, n = t_interval(v)
+    half = 2.7764451051977987 * np.std(v, ddof=1) / math.sqrt(5)  # t(0.975, 4)
+    assert (m, lo, hi, n) == (pytest.approx(0.35), pytest.approx(0.35 - half), pytest.approx(0.35 + half), 5)
+    assert math.isnan(t_interval([0.3])[1])
+
+
+def test_dataset_drawn_mean_leaves_out_every_group_that_replays():
+    groups = [0, 0, 1, 1, 2, 2]
+    sources = ["fresh", "fresh", "fresh", "replay", "fresh", "fresh"]
+    rewards = [0.1, 0.3, 0.9, 0.9, 0.5, 0.7]  # group 1's fresh sample (0.9) is left out with its replayed one
+    assert dataset_drawn_mean(groups, sources, rewards) == pytest.approx(0.4)
+    assert math.isnan(dataset_drawn_mean([0, 0], ["replay", "fresh"], [1, 0]))

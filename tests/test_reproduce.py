@@ -1,6 +1,7 @@
-"""Issue 14's report: degenerate-group shares, bootstrap intervals over seeds, the headline's
-steps-to-target on seed-mean curves, the figure groups; checked against hand recomputation on
-synthetic runs (no pipeline: seconds)."""
+"""Issue 14's report, with issue 21's honest statistics: degenerate-group shares, t-intervals over
+seeds (BCa for steps-to-target), the headline's steps-to-target on seed-mean curves with its
+undefined cases, the figure groups, Fig. 6's paired differences; checked against hand recomputation
+on synthetic runs (no pipeline: seconds)."""
 
 import math
 
@@ -10,7 +11,7 @@ import pytest
 
 from opgrpo_stages.report import seeds as R
 from opgrpo_stages.report.methods import figure_groups
-from opgrpo_stages.report.stats import bootstrap, degenerate_shares
+from opgrpo_stages.report.stats import degenerate_shares
 
 
 def test_degenerate_share_counts_tied_groups_and_replay_breaking_a_tie():
@@ -21,23 +22,15 @@ def test_degenerate_share_counts_tied_groups_and_replay_breaking_a_tie():
     assert degenerate_shares(groups, sources, rewards) == (0.5, 0.75)
 
 
-def test_bootstrap_of_two_seeds_spans_both_values():
-    # resampling 2 seeds: mean is a (p 1/4), (a+b)/2 (1/2) or b (1/4): the 2.5% and 97.5% points are a and b
-    p, lo, hi = bootstrap([0.2, 0.6], np.random.default_rng(0))
-    assert (p, lo, hi) == (pytest.approx(0.4), 0.2, 0.6)
-    p, lo, hi = bootstrap([0.3, 0.3, 0.3], np.random.default_rng(0))
-    assert lo == hi == 0.3
-    p, lo, hi = bootstrap([0.5], np.random.default_rng(0))
-    assert p == 0.5 and math.isnan(lo)
-
-
 def _run(seed, fraction, rewards, evals, correction="sequence", truncation=3, regenerate="ode", clip_replay=0.1,
          degenerate=0.5):
     n = len(rewards)
     cfg = {"seed": seed, "train": {"iterations": n}, "sampling": {"num_steps": 2},
+           "reward": {"terms": {"geneval": 1.0}, "options": {"geneval": {"value": "strict"}}},
            "replay": {"fraction": fraction, "correction": correction, "truncation": truncation, "regenerate": regenerate,
                       "capacity": 8}}
     m = pd.DataFrame({"iteration": np.arange(n), "reward_fresh": rewards, "reward_mean": rewards,
+                      "reward_dataset_drawn": rewards,
                       "degenerate_share": [degenerate] * n, "degenerate_share_fresh": [degenerate] * n,
                       "n_replay": [1 if fraction else 0] * n, "clipfrac_fresh": [0.05] * n,
                       "clipfrac_replay": [clip_replay if fraction else math.nan] * n,
@@ -64,20 +57,54 @@ def _data():
 
 def test_headline_crossing_on_seed_mean_curves():
     head = R.headline_rows(_data(), np.random.default_rng(0))
-    h = head[(head["method"] == "opgrpo") & head["claim"].str.contains("heldout")].iloc[0]
-    # mean OP-GRPO held-out curve: base 0.2, 0.35, 0.375 -> 2-point smoothed 0.2, 0.275, 0.3625;
-    # Flow-GRPO's final smoothed value 0.35 is reached between iteration 10 (0.275) and 20 (0.3625)
-    want = 10 + 10 * (0.35 - 0.275) / (0.3625 - 0.275)
-    assert h["value"] == pytest.approx(want / 20)
+    h = head[(head["method"] == "opgrpo") & head["claim"].str.contains("held-out")].iloc[0]
+    # measured points (no smoothing): Flow-GRPO's mean held-out curve 0.2, 0.3, 0.4 -> target 0.4 above its
+    # start 0.2; OP-GRPO's mean curve 0.2, 0.35, 0.375 never reaches 0.4: censored at 100%
+    assert h["value"] == pytest.approx(1.0) and h["status"] == "not reached"
     assert h["seeds"] == 2 and h["seeds_reaching"] == 1 and "not reached" in h["per_seed"]
-    assert h["ci_high"] == math.inf  # resamples of seed 1 alone never reach the target
+    assert h["interval"].startswith("95% BCa bootstrap over 2 seed pairs")
     assert "34.2%" in h["paper"]
+    # training: Flow-GRPO's 5-average ends at 0.35 from 0.2; OP-GRPO's seed-mean starts at (0.4+0.1)/2 = 0.25
+    # and stays there: not reached; seed 0 alone starts at 0.4 >= 0.35: a crossing before any update
+    tr = head[(head["method"] == "opgrpo") & head["claim"].str.contains("training")].iloc[0]
+    assert tr["status"] == "not reached" and "undefined (reached at the first point" in tr["per_seed"]
     clip = head[head["claim"].str.contains("clipped")].set_index("method")
     assert clip.loc["opgrpo_per_step", "value"] == pytest.approx(0.4) and clip.loc["opgrpo", "value"] == pytest.approx(0.1)
+    assert clip.loc["opgrpo", "interval"] == "95% t-interval over 2 seeds"
     assert clip.loc["opgrpo_per_step", "paper"] == "over 40%" and clip.loc["opgrpo", "paper"] == "11.8%"
     assert set(clip.index) == {"opgrpo", "opgrpo_per_step"}  # the other variants differ in more than the correction
-    steps = head[head["claim"].str.contains("train reward")].set_index("method")
+    steps = head[head["claim"].str.contains("training reward")].set_index("method")
     assert "23.1%" in steps.loc["opgrpo_5", "paper"] and steps.loc["opgrpo_50", "paper"] == "n/a (ablation)"
+
+
+def test_headline_is_undefined_when_flowgrpo_did_not_improve():
+    data = _data()
+    for r in ("flowgrpo", "flowgrpo-seed1"):  # held-out ends below the base: 0.2 -> 0.25 -> 0.15
+        data["runs"][r]["evals"] = {9: {"heldout_reward": 0.25, "overall": 0.1}, 19: {"heldout_reward": 0.15, "overall": 0.1}}
+    head = R.headline_rows(data, np.random.default_rng(0))
+    h = head[(head["method"] == "opgrpo") & head["claim"].str.contains("held-out")].iloc[0]
+    assert h["status"] == "undefined (the reference did not improve)" and math.isnan(h["value"])
+    assert h["per_seed"] == ", ".join(["undefined (the reference did not improve)"] * 2)
+
+
+def test_intervals_are_t_intervals_labelled_with_n():
+    data = _data()
+    abl = R.ablation_rows(data).set_index("method")
+    v = [0.45, 0.3]
+    half = 12.706204736174707 * np.std(v, ddof=1) / math.sqrt(2)  # t(0.975, 1)
+    assert abl.loc["opgrpo", "final_heldout_reward_ci_low"] == pytest.approx(np.mean(v) - half)
+    assert abl.loc["opgrpo", "interval"] == "95% t-interval over 2 seeds"
+    assert abl.loc["opgrpo_5", "interval"] == "none (1 seed)"
+
+
+def test_ablation_differences_are_paired_by_seed():
+    diffs = R.ablation_differences(_data())
+    d = diffs[(diffs["method"] == "flowgrpo") & (diffs["metric"] == "final_heldout_reward")].iloc[0]
+    # seed 0: 0.4 - 0.45; seed 1: 0.4 - 0.3
+    assert d["difference"] == pytest.approx(((0.4 - 0.45) + (0.4 - 0.3)) / 2) and d["seeds"] == 2
+    assert d["interval"] == "95% paired t-interval over 2 seeds" and d["reference"] == "opgrpo"
+    one = diffs[(diffs["method"] == "opgrpo_per_step") & (diffs["metric"] == "final_heldout_reward")].iloc[0]
+    assert one["seeds"] == 1 and one["difference"] == pytest.approx(0.3 - 0.45) and math.isnan(one["ci_low"])
 
 
 def test_figure_groups_split_ablations_and_replay_fractions():
@@ -88,9 +115,10 @@ def test_figure_groups_split_ablations_and_replay_fractions():
 
 
 def test_logp_cliff_uses_the_untruncated_run():
-    g, cliff = R.logp_cliff(_data(), np.random.default_rng(0))
+    g, cliff = R.logp_cliff(_data())
     assert g == "opgrpo_no_truncation"
     assert list(cliff["gap"]) == pytest.approx([0.9 - 1.0, -3.0 - 2.0])
+    assert list(cliff["log_ratio"]) == pytest.approx([0.9 - 1.0, -3.0 - 2.0])  # current minus behaviour policy
 
 
 def test_write_produces_every_table_and_figure(tmp_path):
@@ -99,10 +127,10 @@ def test_write_produces_every_table_and_figure(tmp_path):
     out = {k: str(tmp_path / k) for k in outputs_for("x")}
     res = R.write({"seed": 0}, _data(), out)
     for k in ("training_curves", "degenerate", "headline_csv", "headline_md", "ablations_csv", "ablations_md",
-              "logp_cliff", "fig2", "fig3", "fig6a", "fig6b"):
+              "ablation_differences", "logp_cliff", "fig2", "fig3", "fig6a", "fig6b"):
         assert (tmp_path / k).stat().st_size > 0, k
     md = (tmp_path / "headline_md").read_text()
-    assert "11.8%" in md and "over 40%" in md and "Degenerate groups" in md
+    assert "11.8%" in md and "over 40%" in md and "Degenerate groups" in md and "percentile" not in md
     abl = res["ablations"].set_index("method")
     assert abl.loc["opgrpo", "final_heldout_reward"] == pytest.approx((0.45 + 0.3) / 2)
     assert abl.loc["opgrpo", "seeds"] == 2 and math.isnan(abl.loc["opgrpo_5", "final_heldout_reward_ci_low"])

@@ -21,8 +21,8 @@ Held-out (``heldout_record``): heldout/geneval_overall, heldout/geneval_<tag>, h
 evaluation's sample grid (eval/iter_<k>.png).
 
 Not available, because no table holds them: per-step log-prob curves are in update_metrics but are
-a shape over steps, not a scalar per iteration (the report draws them); buffer_update and evaluate
-have no benchmark file, so their seconds are missing.
+a shape over steps, not a scalar per iteration (the report draws them); evaluate has no benchmark
+file, so its seconds are missing (buffer_update's, a fraction of a second, is read by the report only).
 """
 
 from __future__ import annotations
@@ -57,21 +57,21 @@ def heldout_inputs(run: str, k: int) -> dict:
 
 
 def benchmark_path(run: str, k: int, stage: str) -> str:
-    return L.log(f"{run}/iter_{L.fmt(k)}/{stage}.benchmark.tsv")
+    return L.benchmark(run, k, stage)
 
 
 def stage_seconds(run: str, k: int) -> dict[str, float]:
     """Wall seconds of the iteration's benchmarked stages (Snakemake's benchmark files; a stage run
     outside Snakemake, by ``opgrpo <stage>``, has none and is left out)."""
-    import pandas as pd
+    from ..formats.benchmark import seconds
 
     out = {}
     for stage in BENCHMARKED:
         p = benchmark_path(run, k, stage)
         if Path(p).exists():
             try:
-                out[stage] = float(pd.read_csv(p, sep="\t")["s"].iloc[-1])
-            except Exception:  # a benchmark file is a log, not an artifact: an unreadable one is skipped
+                out[stage] = seconds(p)
+            except ValueError:  # a benchmark file is a log, not an artifact: an unreadable one is skipped
                 continue
     return out
 

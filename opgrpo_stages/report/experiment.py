@@ -14,9 +14,12 @@ Under ``results/<experiment>/`` (paths: ``outputs.outputs_for``):
   paper's average over Color, Shape, 2D/3D-Spatial, Numeracy, Non-Spatial), same rows.
 - ``tables/steps_to_target.csv``: for every run with replay, the fraction of its Flow-GRPO
   partner's iterations (same seed, replay fraction 0) it needs to reach that partner's final
-  smoothed held-out reward, and the same on the training reward of fresh samples (replayed
-  samples are excluded: they were chosen for their high reward); the mean and spread over
-  seeds are printed to the log and written under the table.
+  held-out reward (measured points, base at 0), and the same on the training reward of
+  dataset-drawn groups (5-iteration average, the first rollout at 0; groups replaying a buffer
+  entry are left out: they were chosen for their high reward), each with its status
+  (``stats.steps_to_target``: undefined when the partner did not improve or the run reaches the
+  target before any update); a summary over seeds (never-reaching seeds counted at 1.0, no mean
+  when any seed is undefined) is printed to the log and written under the table.
 
 The seed-aggregated part (headline, ablations, Figs. 2, 3, 6) is ``seeds.py``."""
 
@@ -28,8 +31,8 @@ from .. import layout as L
 from . import figures
 from . import tables as T
 from .load import heldout_prompts
-from .methods import heldout_curve
-from .stats import crossing, seed_spread, smooth
+from .methods import heldout_curve, train_curve
+from .stats import censored_fraction, censored_summary, steps_to_target as reach
 
 TAGS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
 
@@ -52,9 +55,10 @@ def results_table(data):
 
 def steps_to_target(data):
     """Pairs every replay run with the Flow-GRPO run of the same seed: the (interpolated) iteration
-    at which the run's smoothed curve first reaches the partner's final smoothed value, on the
-    held-out reward (2-point average, base at 0) and on the fresh training reward (5-iteration
-    average), and that iteration as a fraction of the partner's iterations (nan: never reached)."""
+    at which the run's curve first reaches the partner's final value, on the held-out reward
+    (measured points, base at 0) and on the training reward of dataset-drawn groups (trailing
+    average, the first rollout at 0), with its status and as a fraction of the partner's iterations
+    (``stats.censored_fraction``: never reached = 1.0, undefined = nan)."""
     import pandas as pd
 
     refs = {d["cfg"]["seed"]: r for r, d in data["runs"].items() if d["cfg"]["replay"]["fraction"] == 0}
@@ -64,20 +68,18 @@ def steps_to_target(data):
         if d["cfg"]["replay"]["fraction"] == 0 or ref is None:
             continue
         n_ref = data["runs"][ref]["cfg"]["train"]["iterations"]
+        row = {"run": run, "reference": ref, "seed": d["cfg"]["seed"]}
         hx, hy = heldout_curve(data, ref)
         ox, oy = heldout_curve(data, run)
-        tr = smooth(data["runs"][ref]["metrics"]["reward_fresh"], 5)
-        to = smooth(d["metrics"]["reward_fresh"], 5)
-        it = list(range(1, len(to) + 1))
-        rows.append({
-            "run": run, "reference": ref, "seed": d["cfg"]["seed"],
-            "heldout_target": hy[-1], "heldout_iterations": crossing(ox, oy, hy[-1]),
-            "heldout_fraction": crossing(ox, oy, hy[-1]) / n_ref,
-            "train_target": float(tr[-1]), "train_iterations": crossing(it, list(to), float(tr[-1])),
-            "train_fraction": crossing(it, list(to), float(tr[-1])) / n_ref,
-        })
-    cols = ["run", "reference", "seed", "heldout_target", "heldout_iterations", "heldout_fraction",
-            "train_target", "train_iterations", "train_fraction"]
+        tr, to = train_curve(data, ref), train_curve(data, run)
+        curves = {"heldout": (hy, ox, oy), "train": (list(tr), list(range(len(to))), list(to))}
+        for kind, (ref_y, xs, ys) in curves.items():
+            x, status = reach(xs, ys, float(ref_y[-1]), float(ref_y[0]))
+            row.update({f"{kind}_target": float(ref_y[-1]), f"{kind}_iterations": x, f"{kind}_status": status,
+                        f"{kind}_fraction": censored_fraction(x, status, n_ref)})
+        rows.append(row)
+    cols = ["run", "reference", "seed"] + [f"{k}_{c}" for k in ("heldout", "train")
+                                           for c in ("target", "iterations", "status", "fraction")]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -99,18 +101,16 @@ def weight_spread(data):
 
 
 def headline(speed) -> str:
-    """Mean and spread over seeds of the fraction of Flow-GRPO's iterations OP-GRPO needs."""
+    """Per replay method, on each reward: how many seeds reach Flow-GRPO's final value and the mean
+    fraction of its iterations over all seeds (``stats.censored_summary``), then each seed's."""
     if speed.empty:
         return "no OP-GRPO/Flow-GRPO pair in this experiment"
     lines = []
     for base_name, g in speed.groupby(speed["run"].str.replace(r"-seed\d+$", "", regex=True)):
-        for col in ("heldout_fraction", "train_fraction"):
-            v = g[col].to_numpy(dtype=float)
-            n_reached, n, mean, std = seed_spread(v)
-            spread = f"{std:.3f}" if std is not None else "n/a"
-            lines.append(f"{base_name}: {col.split('_')[0]} reward: {n_reached}/{n} seeds reach Flow-GRPO's "
-                         f"final smoothed value; fraction of its iterations mean {mean:.3f} "
-                         f"(std {spread}; per seed {', '.join(f'{x:.2f}' for x in v)})")
+        for kind in ("heldout", "train"):
+            per = ", ".join(f"{x:.2f}" if s == "reached" else s for x, s in zip(g[f"{kind}_fraction"], g[f"{kind}_status"]))
+            lines.append(f"{base_name}: {kind} reward: {censored_summary(list(g[f'{kind}_fraction']), list(g[f'{kind}_status']))}"
+                         f" (per seed: {per})")
     return "\n".join(lines)
 
 

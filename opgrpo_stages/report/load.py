@@ -5,7 +5,11 @@ rest compute from ``data``).
 resolved run configuration; ``metrics`` one row per iteration (``update_metrics`` plus
 ``reward_fresh``, the degenerate-group shares and, with replay, the buffer's size, mean stored
 reward and mean age); ``evals`` iteration -> held-out summary (GenEval per tag, ``overall``,
-``heldout_reward``)."""
+``heldout_reward``). ``metrics`` also holds ``reward_dataset_drawn``: the mean reward of the groups
+whose prompt came from the prompt set (not the buffer).
+
+``stage_seconds`` reads the stages' benchmark files (the `speedup` report's seconds per iteration).
+The files each reads are ``outputs.final_inputs`` and ``outputs.speedup_inputs``."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import math
 
 from .. import layout as L
 from .outputs import final_inputs
-from .stats import degenerate_shares
+from .stats import dataset_drawn_mean, degenerate_shares
 
 
 def eval_summary(path, samples_per_prompt: int | None = None) -> dict:
@@ -28,6 +32,7 @@ def eval_summary(path, samples_per_prompt: int | None = None) -> dict:
         df = df[df["sample_index"] < samples_per_prompt]
     out = summarize(list(df["tag"]), list(df["correct"]))
     out["heldout_reward"] = float(df["reward"].mean())
+    out["images"] = len(df)
     return out
 
 
@@ -65,15 +70,17 @@ def collect(cfg: dict, runs: list[str]) -> dict:
         n = rc["train"]["iterations"]
         metrics = pd.concat([tables.read(L.metrics(run, k), "update_metrics") for k in range(n)], ignore_index=True)
         # training reward of fresh samples only: replayed ones were selected for their high reward
-        fresh, degenerate = [], []
+        fresh, drawn, degenerate = [], [], []
         for k in range(n):
             smp = tables.read(L.samples(run, k), "samples")
             rew = tables.read(L.rewards(run, k), "rewards")
             if not (smp["sample_id"].to_numpy() == rew["sample_id"].to_numpy()).all():
                 raise ValueError(f"{L.rewards(run, k)}: sample ids differ from {L.samples(run, k)}")
             fresh.append(float(rew["reward"][smp["source"].to_numpy() == "fresh"].mean()))
+            drawn.append(dataset_drawn_mean(smp["group"], smp["source"], rew["reward"]))
             degenerate.append(degenerate_shares(smp["group"], smp["source"], rew["reward"]))
         metrics["reward_fresh"] = fresh
+        metrics["reward_dataset_drawn"] = drawn
         metrics["degenerate_share"], metrics["degenerate_share_fresh"] = map(list, zip(*degenerate))
         evals = {k: eval_summary(L.eval_table(run, k)) for k in L.eval_iterations(rc)}
         if rc["replay"]["fraction"] > 0:  # buffer size, mean stored (decayed) reward, mean age
@@ -86,6 +93,29 @@ def collect(cfg: dict, runs: list[str]) -> dict:
             metrics["buffer_size"], metrics["buffer_reward"], metrics["buffer_age"] = map(list, zip(*stats))
         data["runs"][run] = {"cfg": rc, "metrics": metrics, "evals": evals}
     return data
+
+
+def stage_seconds(cfg: dict, runs: list[str]):
+    """Long table, one row per run and iteration: wall seconds of each benchmarked stage (Snakemake's
+    benchmark files, ``outputs.benchmarked_stages``) and their sum ``seconds`` (the iteration's
+    training time; held-out evaluation not included). A missing or unreadable file is an error
+    naming it: the report's rule declares every one as an input."""
+    import pandas as pd
+
+    from .. import config as C
+    from ..formats.benchmark import seconds
+    from .outputs import benchmarked_stages
+
+    rows = []
+    for run in runs:
+        n = C.resolve_run(cfg, run)["train"]["iterations"]
+        for k in range(n):
+            row = {"run": run, "iteration": k}
+            for stage in benchmarked_stages(k, n):
+                row[f"seconds_{stage}"] = seconds(L.benchmark(run, k, stage))
+            row["seconds"] = sum(v for key, v in row.items() if key.startswith("seconds_"))
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def final_evals(runs: list[str]) -> list:

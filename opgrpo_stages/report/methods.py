@@ -82,20 +82,26 @@ def figure_groups(data):
 
 
 def heldout_curve(data, run):
-    """(iterations, held-out reward) with the base model at iteration 0, smoothed over 2 points."""
+    """(iterations trained, held-out reward): the base model at 0, then each evaluation's measured
+    value (the policy after iteration k at k + 1); no smoothing across evaluations."""
     d = data["runs"][run]
     ks = sorted(d["evals"])
     xs = [0] + [k + 1 for k in ks]
     ys = [data["base"]["heldout_reward"]] + [d["evals"][k]["heldout_reward"] for k in ks]
-    return xs, list(smooth(ys, 2))
+    return xs, ys
 
 
 def heldout_array(data, run):
     """``heldout_curve`` with the rewards as an array."""
     xs, ys = heldout_curve(data, run)
-    return xs, np.asarray(ys)
+    return xs, np.asarray(ys, dtype=float)
+
+
+TRAIN_WINDOW = 5  # iterations in the training curves' trailing average
 
 
 def train_curve(data, run):
-    """Training reward of fresh samples per iteration, 5-iteration trailing average."""
-    return np.asarray(smooth(data["runs"][run]["metrics"]["reward_fresh"], 5))
+    """Training reward of the groups drawn from the prompt set (``reward_dataset_drawn``: a group
+    replaying a buffer entry was chosen for its past reward, so it is left out) per iteration, the
+    first rollout at index 0, ``TRAIN_WINDOW``-iteration trailing average."""
+    return np.asarray(smooth(data["runs"][run]["metrics"]["reward_dataset_drawn"], TRAIN_WINDOW))

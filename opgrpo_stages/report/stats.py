@@ -1,9 +1,10 @@
 """The report's statistics: pure functions of numbers (numpy arrays, lists, pandas columns).
 
 No file is read or written here and nothing is drawn; ``load``, the entry points (``experiment``,
-``seeds``), ``tables`` and ``figures`` call these. What each computes is stated exactly, corner
-cases included, because the published numbers are whatever these return (tests:
-``tests/test_report_stats.py``).
+``seeds``, ``speedup``), ``speedup_stats``, ``tables`` and ``figures`` call these. What each
+computes is stated exactly, corner cases included, because the published numbers are whatever
+these return (tests:
+``tests/test_report_stats.py``, ``tests/test_speedup_stats.py`` for ``bca`` and ``t_interval``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import stats as sps
 
 B = 10000  # bootstrap resamples
+LEVEL = 0.95  # two-sided level of every interval
 
 
 def smooth(values, window: int = 5):
@@ -42,41 +45,50 @@ def crossing(xs, ys, target):
     return math.nan
 
 
-def crossing_fraction(ref_curves, run_curves, xs_ref, xs_run, n_ref):
-    """Fraction of the reference's ``n_ref`` iterations at which the seed-mean run curve first
-    reaches the seed-mean reference curve's final value (``crossing`` / ``n_ref``; +inf when it
-    never does). ``ref_curves``, ``run_curves``: arrays (seeds, points), averaged over axis 0;
-    ``xs_run``: the run curve's x values (``xs_ref`` is not used)."""
-    ref = ref_curves.mean(axis=0)
-    c = crossing(xs_run, list(run_curves.mean(axis=0)), float(ref[-1]))
-    return c / n_ref if c == c else math.inf
+REACHED, NOT_REACHED = "reached", "not reached"
+UNDEFINED_REFERENCE = "undefined (the reference did not improve)"
+UNDEFINED_FIRST = "undefined (reached at the first point, before any update)"
 
 
-def bootstrap(values, rng, stat=None):
-    """(statistic, 2.5th, 97.5th percentile) of ``stat`` (default mean over seeds, axis 0) under
-    resampling the seeds (rows) with replacement. ``values``: array (seeds, ...). Non-finite
-    statistics (e.g. a target never reached: +inf) stay in the ranking; the 'inverted_cdf'
-    percentile returns an attained value, so an interval may end at inf (= not reached).
+def steps_to_target(xs, ys, target, start):
+    """(x, status) of the first x where the curve (xs, ys) reaches ``target`` (``crossing``):
 
-    ``B`` resamples drawn as one ``rng.integers(0, n, (B, n))`` call; with fewer than 2 seeds no
-    draw is made and the interval is (nan, nan). With ``stat``, a resample's statistic is taken on
-    its seeds in sorted order (it depends on the set drawn, not the order) and computed once per
-    distinct set."""
-    v = np.asarray(values, dtype=float)
-    point = stat(v) if stat else v.mean(axis=0)
-    if len(v) < 2:
-        nan = np.full(np.shape(point), np.nan)
-        return point, nan, nan
-    idx = rng.integers(0, len(v), size=(B, len(v)))
-    if stat:  # a resample's statistic depends on which seeds it drew, not their order: evaluate each set once
-        memo: dict = {}
-        boot = np.array([memo[k] if k in memo else memo.setdefault(k, stat(v[list(k)]))
-                         for k in map(tuple, np.sort(idx, axis=1))])
-    else:
-        boot = v[idx].mean(axis=1)  # (B, ...)
-    lo = np.quantile(boot, 0.025, axis=0, method="inverted_cdf")
-    hi = np.quantile(boot, 0.975, axis=0, method="inverted_cdf")
-    return point, lo, hi
+    - ``UNDEFINED_REFERENCE``, x nan: ``target`` is not above ``start`` (the reference curve's own
+      first value): the reference did not improve, so there is nothing to reach;
+    - ``UNDEFINED_FIRST``, x nan: the curve's first point (before any update) already reaches it: a
+      crossing there says nothing about learning faster;
+    - ``NOT_REACHED``, x nan: no point reaches it;
+    - ``REACHED``: x interpolated linearly between the last point below and the first at or above."""
+    if not target > start:
+        return math.nan, UNDEFINED_REFERENCE
+    if len(ys) and ys[0] >= target:
+        return math.nan, UNDEFINED_FIRST
+    x = crossing(xs, ys, target)
+    return (x, REACHED) if x == x else (math.nan, NOT_REACHED)
+
+
+def censored_fraction(x: float, status: str, n_ref: int) -> float:
+    """Steps to target as a fraction of the reference's ``n_ref`` iterations, a curve that never
+    reaches it counted at ``n_ref`` (censored: 1.0, a lower bound on what it needs); nan when
+    undefined."""
+    if status == REACHED:
+        return x / n_ref
+    return 1.0 if status == NOT_REACHED else math.nan
+
+
+def censored_summary(fractions, statuses) -> str:
+    """One line over seeds: how many reach, the mean fraction over all seeds with the never-reaching
+    ones counted at 1.0 (censored: a lower bound), and no mean at all when any seed is undefined
+    (a mean over the seeds that happen to reach would be biased towards a speed-up)."""
+    n = len(statuses)
+    reach = sum(s == REACHED for s in statuses)
+    undefined = [s for s in statuses if s.startswith("undefined")]
+    if undefined:
+        kinds = "; ".join(sorted(set(undefined)))
+        return f"{reach}/{n} seeds reach; mean undefined: {len(undefined)} seed(s) {kinds}"
+    cens = n - reach
+    note = f", {cens} never reaching counted as 1.0 (a lower bound)" if cens else ""
+    return f"{reach}/{n} seeds reach; mean fraction {float(np.mean(fractions)):.3f} over all {n} seeds{note}"
 
 
 def degenerate_shares(groups, sources, rewards) -> tuple[float, float]:
@@ -95,11 +107,49 @@ def degenerate_shares(groups, sources, rewards) -> tuple[float, float]:
     return float(np.mean(tied)), float(np.mean(tied_fresh))
 
 
-def seed_spread(values) -> tuple[int, int, float, float | None]:
-    """(seeds reaching, seeds, mean, std) of per-seed values where nan = not reached: mean and
-    population std (ddof 0) over the reaching seeds only; mean nan if none reaches, std None with
-    fewer than two."""
+def dataset_drawn_mean(groups, sources, rewards) -> float:
+    """Mean reward of the groups whose prompt came from the prompt set: groups holding no replayed
+    sample (a group that replays a buffer entry was chosen for its past reward, so its fresh
+    samples are biased up too). nan if every group replays."""
+    groups, sources, rewards = np.asarray(groups), np.asarray(sources), np.asarray(rewards, dtype=float)
+    drawn = ~np.isin(groups, groups[sources == "replay"])
+    return float(rewards[drawn].mean()) if drawn.any() else math.nan
+
+
+def bca(stat, n: int, rng, *, level: float = LEVEL, b: int = B):
+    """(estimate, low, high, undefined resamples) of ``stat`` by the BCa bootstrap over n units
+    (Efron 1987). ``stat(idx)`` takes an int array (..., k) of unit indices and returns (...,):
+    the statistic of those units, vectorised over leading axes. Resamples whose statistic is not
+    finite are left out (their count is returned). Bias correction z0 from the share of resamples
+    below the estimate (ties count half); acceleration from the leave-one-out jackknife."""
+    theta = float(stat(np.arange(n)))
+    idx = rng.integers(0, n, size=(b, n))
+    boot = np.asarray(stat(idx), dtype=float)
+    ok = np.isfinite(boot)
+    boot = boot[ok]
+    if not math.isfinite(theta) or len(boot) == 0:
+        return theta, math.nan, math.nan, int((~ok).sum())
+    if np.all(boot == boot[0]):
+        return theta, float(boot[0]), float(boot[0]), int((~ok).sum())
+    below = (np.sum(boot < theta) + 0.5 * np.sum(boot == theta)) / len(boot)
+    z0 = sps.norm.ppf(np.clip(below, 1 / (2 * len(boot)), 1 - 1 / (2 * len(boot))))
+    jack = np.asarray(stat(np.array([np.delete(np.arange(n), i) for i in range(n)])), dtype=float)
+    jack = jack[np.isfinite(jack)]
+    d = jack.mean() - jack
+    den = 6.0 * (d ** 2).sum() ** 1.5
+    a = float((d ** 3).sum() / den) if den > 0 else 0.0
+    z = sps.norm.ppf([(1 - level) / 2, (1 + level) / 2])
+    p = sps.norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
+    lo, hi = np.quantile(boot, p)
+    return theta, float(lo), float(hi), int((~ok).sum())
+
+
+def t_interval(values, level: float = LEVEL):
+    """(mean, low, high, n): Student-t interval of the mean of ``values`` (nan bounds below 2 values)."""
     v = np.asarray(values, dtype=float)
-    reached = v[~(v != v)]
-    return (len(reached), len(v), reached.mean() if len(reached) else math.nan,
-            reached.std() if len(reached) > 1 else None)
+    v = v[np.isfinite(v)]
+    n = len(v)
+    if n < 2:
+        return (float(v.mean()) if n else math.nan), math.nan, math.nan, n
+    half = sps.t.ppf((1 + level) / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)
+    return float(v.mean()), float(v.mean() - half), float(v.mean() + half), n

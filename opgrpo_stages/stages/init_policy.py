@@ -11,11 +11,12 @@ def init_policy(cfg: dict, *, out_policy, out_optimizer, out_buffer, out_buffer_
     from ..formats import buffer as buffer_fmt
     from ..formats import header
     from ..formats import policy as policy_fmt
-    from ..seeding import derive_seed
+    from ..seeding import derive_seed, stream_run
     from .common import load_backbone, setup_torch
 
     setup_torch(cfg)
-    torch.manual_seed(derive_seed(cfg["seed"], cfg["run"], 0, "init_policy"))  # LoRA init draws
+    # LoRA init draws: runs of one seed start from the same adapter (seed_streams: common)
+    torch.manual_seed(derive_seed(cfg["seed"], stream_run(cfg), 0, "init_policy"))
     backbone = load_backbone(cfg, None)
     meta = {"run": cfg["run"], "iteration": -1, "backbone": backbone.name}
     policy_fmt.write_policy(out_policy, backbone.policy_state_dict(), meta)

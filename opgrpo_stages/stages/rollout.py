@@ -9,7 +9,10 @@ by the current policy after that (``logp_old`` of the kept steps is recomputed u
 policy, ``logp_behavior`` keeps the stored values). ``replay.regenerate: ode`` (the paper's Eq. 13
 with Eq. 2) regenerates the rest with deterministic Euler steps, which have no density: they get
 log-prob 0 and are not trained; ``sde`` draws them with the SDE and trains them like fresh steps.
-Group order and in-group order are shuffled.
+Group order and in-group order are shuffled (per run). With ``seed_streams: common`` (the
+default) the dataset prompts of an iteration and every slot's initial and step noise derive from
+(seed, iteration, slot) alone, so Flow-GRPO and OP-GRPO of one seed draw the same prompts with the
+same noise (docs/opgrpo.md "Common random numbers").
 """
 
 from __future__ import annotations
@@ -25,41 +28,78 @@ from ..formats import tables, trajectories
 from ..execution import fault
 from ..sampling import per_sample_noise, sample_sde
 from ..sde import num_train_steps
-from ..seeding import derive_seed, numpy_rng
+from ..seeding import COMMON, derive_seed, numpy_rng, stream_run
 from .common import load_backbone, log, progress, setup_torch
 
 
 def plan_groups(cfg: dict, iteration: int, prompts: list[dict], buf) -> list[dict]:
-    """Which prompts this iteration samples, and which groups replay a buffer entry."""
+    """Which prompts this iteration samples, and which groups replay a buffer entry. Each group
+    carries ``noise_key``, the part of its samples' noise seeds that names its slot."""
+    if cfg.get("seed_streams", "common") == "per_run":
+        return _plan_groups_per_run(cfg, iteration, prompts, buf)
     run, seed = cfg["run"], cfg["seed"]
-    rng = numpy_rng(seed, run, iteration, "rollout-plan")
+    rng = numpy_rng(seed, run, iteration, "rollout-replay")  # the buffer is the run's own
     p = cfg["train"]["prompts_per_iteration"]
-    frac = cfg["replay"]["fraction"]
-    n_replay = 0
-    if frac > 0 and buf is not None and len(buf) > 0:
-        want = frac * p  # stochastic rounding keeps the expected share exact
-        n_replay = int(math.floor(want)) + int(rng.random() < want - math.floor(want))
-        n_replay = min(n_replay, len(buf), p)
+    n_replay = _n_replay(cfg, rng, buf)
+    groups = _replay_groups(rng, buf, n_replay)
+    for r, grp in enumerate(groups):
+        grp["noise_key"] = ("replay", r)
+    replayed = {grp["prompt"]["id"] for grp in groups}
+    # common random numbers: the dataset's order this iteration depends on (seed, iteration) only;
+    # Flow-GRPO takes its first P prompts, OP-GRPO the first P - n_replay that it does not replay,
+    # and a prompt's noise follows its place in that order, so both arms sample it identically
+    order = numpy_rng(seed, COMMON, iteration, "rollout-prompts").permutation(len(prompts))
+    fresh = [(pos, int(i)) for pos, i in enumerate(order) if prompts[int(i)]["id"] not in replayed]
+    _check_pool(p, n_replay, len(fresh))
+    fresh = fresh[: p - n_replay]
+    groups = [{"prompt": prompts[i], "replay_row": None, "noise_key": ("fresh", pos)} for pos, i in fresh] + groups
+    order = numpy_rng(seed, run, iteration, "rollout-groups").permutation(len(groups))  # per run, like the update's
+    return [groups[int(i)] for i in order]
+
+
+def _n_replay(cfg: dict, rng, buf) -> int:
+    p, frac = cfg["train"]["prompts_per_iteration"], cfg["replay"]["fraction"]
+    if not (frac > 0 and buf is not None and len(buf) > 0):
+        return 0
+    want = frac * p  # stochastic rounding keeps the expected share exact
+    n_replay = int(math.floor(want)) + int(rng.random() < want - math.floor(want))
+    return min(n_replay, len(buf), p)
+
+
+def _replay_groups(rng, buf, n_replay: int) -> list[dict]:
     groups = []
-    replay_prompt_ids = set()
     if n_replay:
         rows = rng.choice(len(buf), size=n_replay, replace=False)
         for r in sorted(int(r) for r in rows):
             entry = buf.table.iloc[r]
-            replay_prompt_ids.add(entry["prompt_id"])
             meta = json.loads(entry["metadata"])
             groups.append({"prompt": {**meta, "id": entry["prompt_id"]}, "replay_row": r})
-    pool = [i for i, q in enumerate(prompts) if q["id"] not in replay_prompt_ids]
-    if len(pool) < p - n_replay:
+    return groups
+
+
+def _check_pool(p: int, n_replay: int, available: int) -> None:
+    """``available``: the train prompts not replayed this iteration."""
+    if available < p - n_replay:
         from ..errors import ConfigError
 
-        raise ConfigError(
-            f"train.prompts_per_iteration = {p} exceeds the {len(pool)} available train prompts"
-        )
+        raise ConfigError(f"train.prompts_per_iteration = {p} exceeds the {available} available train prompts")
+
+
+def _plan_groups_per_run(cfg: dict, iteration: int, prompts: list[dict], buf) -> list[dict]:
+    """``seed_streams: per_run``: the streams before issue 21, every draw seeded with the run's name
+    (one stream for the replay draws, the dataset draw and the group order)."""
+    run, seed = cfg["run"], cfg["seed"]
+    rng = numpy_rng(seed, run, iteration, "rollout-plan")
+    p = cfg["train"]["prompts_per_iteration"]
+    n_replay = _n_replay(cfg, rng, buf)
+    groups = _replay_groups(rng, buf, n_replay)
+    replay_prompt_ids = {grp["prompt"]["id"] for grp in groups}
+    pool = [i for i, q in enumerate(prompts) if q["id"] not in replay_prompt_ids]
+    _check_pool(p, n_replay, len(pool))
     for i in rng.choice(len(pool), size=p - n_replay, replace=False):
         groups.append({"prompt": prompts[pool[int(i)]], "replay_row": None})
     order = rng.permutation(len(groups))
-    return [groups[int(i)] for i in order]
+    return [{**groups[int(i)], "noise_key": (g,)} for g, i in enumerate(order)]
 
 
 def rollout(cfg: dict, iteration: int, *, prompts_path, policy_path, buffer_paths, out_trajectories,
@@ -109,7 +149,8 @@ def _rollout(cfg, iteration, dp, *, prompts_path, policy_path, buffer_paths, out
                 "birth_iteration": int(buf.table.iloc[grp["replay_row"]]["birth_iteration"]) if src == "replay" else iteration,
                 "kept_steps": t_off if src == "replay" else 0,
             })
-            seeds.append(derive_seed(seed, run, iteration, "rollout", g, j))
+            # per_run: (run, group position, slot); common: (seed, iteration, the group's slot, slot)
+            seeds.append(derive_seed(seed, stream_run(cfg), iteration, "rollout", *grp["noise_key"], j))
             kept_rows.append(grp["replay_row"] if src == "replay" else -1)
     samples = pd.DataFrame(rows).astype({"group": "int64", "birth_iteration": "int64", "kept_steps": "int64"})
 
