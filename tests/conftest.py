@@ -36,3 +36,16 @@ def run_cfg():
     from opgrpo_stages import config as C
 
     return C.resolve_run(tiny_config(), "flowgrpo")
+
+
+def snakemake_in(wd, *args, timeout=900):
+    """``snakemake ARGS`` on the pipeline in ``wd`` (its config.yaml), as threads in one process, as
+    profiles/local runs stages; fails the test with the tail of its output."""
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "snakemake", *args, "-s", os.path.join(repo, "Snakefile"), "-d", str(wd), "--cores",
+           "2", "--force-use-threads", "--rerun-triggers", "mtime", "--configfile", os.path.join(str(wd), "config.yaml")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, f"snakemake failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+    return res

@@ -16,19 +16,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import tiny_config
+from conftest import snakemake_in, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = ["flowgrpo", "opgrpo"]
 ITERS = 2
-
-
-def _smk(wd, *args):
-    cmd = [sys.executable, "-m", "snakemake", *args, "-s", str(REPO / "Snakefile"), "-d", str(wd), "--cores", "2",
-           "--force-use-threads", "--rerun-triggers", "mtime", "--configfile", str(wd / "config.yaml")]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, f"snakemake failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
-    return res
 
 
 def _status(wd, *args):
@@ -43,7 +35,7 @@ def pipe(tmp_path_factory):
     # seeds: the config defines flowgrpo-seed7 and opgrpo-seed7, which the default target does not train
     cfg = tiny_config(runs={"flowgrpo": {}, "opgrpo": {"replay": {"fraction": 0.5, "truncation": 2}}}, seeds=[7])
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
-    _smk(wd)
+    snakemake_in(wd)
     return wd
 
 
@@ -137,7 +129,7 @@ def test_rerun_of_one_iteration_leaves_no_duplicate_step(pipe):
     before = event.stat().st_ino
     # rerun iteration 1's records (its stages rerun with -f reproduce the same bytes, which Snakemake's
     # checksums then treat as unchanged)
-    res = _smk(pipe, "-f", "runs/flowgrpo/events.out.tfevents.train_00001", "runs/flowgrpo/events.out.tfevents.heldout_00001")
+    res = snakemake_in(pipe, "-f", "runs/flowgrpo/events.out.tfevents.train_00001", "runs/flowgrpo/events.out.tfevents.heldout_00001")
     assert (res.stdout + res.stderr).count("localrule tensorboard:") == 2, res.stderr[-3000:]
     assert event.stat().st_ino != before  # replaced, not appended to
     acc = _acc(pipe / "runs/flowgrpo")
@@ -154,7 +146,7 @@ def test_the_rule_writes_only_event_files(pipe):
     events = [p for p in (pipe / "runs").rglob("*tfevents*")]
     for p in events:
         p.unlink()
-    res = _smk(pipe)
+    res = snakemake_in(pipe)
     assert "rule tensorboard" in res.stdout + res.stderr
     after = _snapshot(pipe)
     changed = {f for f in set(before) | set(after) if before.get(f) != after.get(f)}

@@ -148,6 +148,25 @@ def test_slurm_job_spans_two_nodes(slurm, one_process, two_ranks, tmp_path):  # 
     assert len(jobs) == 1, jobs
     info = subprocess.run(["scontrol", "show", "job", *jobs], capture_output=True, text=True, env=slurm).stdout
     assert re.search(r"\bNumNodes=2\b", info), info
+    # the submitted job carries one CPU per rank (cluster.cpus_per_rank) and memory for its ranks
+    assert re.search(r"\bCPUs/Task=1\b", info), info
+    assert int(re.search(r"\bMinMemoryNode=(\d+)M\b", info).group(1)) >= 1000, info
+    # the strict test cluster (task/affinity, WaitTime): every rank is bound to its share of the node's
+    # CPUs, and rank 1 keeps serving long after its step's task 0 exited (srun --wait=0)
+    wait = int(re.search(r"WaitTime\s*=\s*(\d+)", subprocess.run(
+        ["scontrol", "show", "config"], capture_output=True, text=True, env=slurm).stdout).group(1))
+    assert wait > 0, "the test cluster should set WaitTime (tests/slurm/local_slurm.sh)"
+    stamps = []
+    for k in range(ITERATIONS):
+        for stage in ("rollout", "policy_update"):
+            log0 = (wd / f"logs/{RUN}/iter_{k:05d}/{stage}.log").read_text()
+            log1 = (wd / f"logs/{RUN}/iter_{k:05d}/{stage}.log.rank1").read_text()
+            for r, text in ((0, log0), (1, log1)):
+                n = re.search(rf"rank {r} of 2: CPU affinity (\d+) CPUs", text)
+                assert n and int(n.group(1)) == 1, (r, stage, k, text[-1500:])
+            stamps += [time.mktime(time.strptime(t, "%Y-%m-%d %H:%M:%S"))
+                       for t in re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", log1, re.M)]
+    assert max(stamps) - min(stamps) > wait, f"rank 1 served {max(stamps) - min(stamps):.0f} s, WaitTime {wait} s"
     pids = _rank_pids(wd)
     assert len(pids[0]) == 1 and len(pids[1]) == 1, pids
     (_, where0), = pids[0]

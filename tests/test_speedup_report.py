@@ -4,8 +4,6 @@ recomputed here from the run files (Parquet tables, Snakemake's benchmark files)
 rows in the design's order, and every file the report reads declared as an input of its rule."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import tiny_config
+from conftest import snakemake_in, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 ITERS = 3
 ARMS = {"sp_flowgrpo": ["sp_flowgrpo", "sp_flowgrpo-seed1"], "sp_opgrpo": ["sp_opgrpo", "sp_opgrpo-seed1"]}
 OUT = "results/speedup"
-
-
-def _smk(wd, *args):
-    cmd = [sys.executable, "-m", "snakemake", *args, "-s", str(REPO / "Snakefile"), "-d", str(wd), "--cores", "2",
-           "--force-use-threads", "--rerun-triggers", "mtime", "--configfile", str(wd / "config.yaml")]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, f"snakemake failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
-    return res
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +29,7 @@ def wd(tmp_path_factory):
                             "sp_opgrpo": {**arm, "replay": {"fraction": 0.5, "truncation": 2}}},
                       experiments={"speedup": ["sp_flowgrpo", "sp_opgrpo"]}, experiment_seeds={"speedup": [1]})
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
-    _smk(wd, "speedup")
+    snakemake_in(wd, "speedup")
     return wd
 
 
@@ -121,7 +111,7 @@ def test_every_file_the_report_reads_is_an_input_of_its_rule(wd):
     from opgrpo_stages.report.outputs import speedup_inputs
 
     (wd / "runs" / "sp_opgrpo" / "iter_00001" / "buffer.parquet").unlink()
-    res = _smk(wd, "-n", "-f", f"{OUT}/tables/speedup.md")
+    res = snakemake_in(wd, "-n", "-f", f"{OUT}/tables/speedup.md")
     job = re.search(r"rule report_speedup:\n\s+input: (.*)\n", res.stdout)
     assert job, res.stdout[-3000:]
     listed = set(job.group(1).split(", "))

@@ -22,11 +22,19 @@ def use_agg():
     matplotlib.use("Agg")
 
 
-def save(fig, path):
+def save(fig, path, axes=(), rect=None):
+    """Lay out, write atomically and close a figure; each of ``axes`` gets the house grid and legend."""
+    import matplotlib.pyplot as plt
+
     from ..formats.atomic import atomic_path
 
+    for a in axes:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.tight_layout(**({"rect": rect} if rect is not None else {}))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 def training_curves(data, path):
@@ -49,12 +57,7 @@ def training_curves(data, path):
                 ylabel="mean reward")
     axes[1].set(title="training strict GenEval accuracy (5-iteration average)", xlabel="iteration", ylabel="accuracy")
     axes[2].set(title="replay buffer", xlabel="iteration")
-    for a in axes:
-        a.grid(alpha=0.3)
-        a.legend(fontsize=8)
-    fig.tight_layout()
-    save(fig, path)
-    plt.close(fig)
+    save(fig, path, axes)
 
 
 def heldout(data, path):
@@ -70,12 +73,7 @@ def heldout(data, path):
                      marker="o", label=run)
     axes[0].set(title="held-out GenEval overall (ODE, fixed noise)", xlabel="iteration", ylabel="GenEval overall")
     axes[1].set(title="held-out partial-credit reward", xlabel="iteration", ylabel="mean reward")
-    for a in axes:
-        a.grid(alpha=0.3)
-        a.legend(fontsize=8)
-    fig.tight_layout()
-    save(fig, path)
-    plt.close(fig)
+    save(fig, path, axes)
 
 
 def samples_grid(panels, shown, path):
@@ -92,9 +90,7 @@ def samples_grid(panels, shown, path):
         ax.axis("off")
     caption = "images in reading order: " + "; ".join(f"{i + 1}. {p}" for i, p in enumerate(shown))
     fig.text(0.02, 0.005, "\n".join(textwrap.wrap(caption, 120)), fontsize=7, va="bottom")
-    fig.tight_layout(rect=(0, 0.02 + 0.012 * len(shown) / 2, 1, 1))
-    save(fig, path)
-    plt.close(fig)
+    save(fig, path, rect=(0, 0.02 + 0.012 * len(shown) / 2, 1, 1))
 
 
 def logp_per_step(data, path):
@@ -117,9 +113,7 @@ def logp_per_step(data, path):
            ylabel="mean log-prob")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
     save(fig, path)
-    plt.close(fig)
 
 
 def clipped_fraction(data, names, fresh, replayed, path, n_runs):
@@ -133,9 +127,7 @@ def clipped_fraction(data, names, fresh, replayed, path, n_runs):
     ax.set_xticks(xs, [f"{r}\n({data['runs'][r]['cfg']['replay']['correction']})" for r in names], fontsize=7)
     ax.set(title="clipped fraction of trained steps", ylabel="fraction clipped")
     ax.legend()
-    fig.tight_layout()
     save(fig, path)
-    plt.close(fig)
 
 
 def _t_points(ax, xs, curves, label, color=None, band=False):
@@ -187,9 +179,7 @@ def curve_panels(data, which, title, path):
     for a in (axes[0], axes[2]):  # the held-out panel's ticks are its evaluations
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     save(fig, path)
-    plt.close(fig)
 
 
 def forest(diffs, title, path):
@@ -212,9 +202,7 @@ def forest(diffs, title, path):
         ax.grid(alpha=0.3, axis="x")
     ref = diffs["reference"].iloc[0] if len(diffs) else "OP-GRPO"
     fig.suptitle(f"{title} ({ref}); bars: 95% paired t-interval over seeds", fontsize=9)
-    fig.tight_layout()
     save(fig, path)
-    plt.close(fig)
 
 
 def logp_cliff(data, cliff_g, cliff, path):
@@ -242,9 +230,7 @@ def logp_cliff(data, cliff_g, cliff, path):
     ax.set(xlabel="denoising step", ylabel="log p_current - log p_behaviour")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
     save(fig, path)
-    plt.close(fig)
 
 
 def reward_label(rc: dict, heldout: bool = True) -> str:
@@ -283,6 +269,4 @@ def speedup_heldout(xs, arms: dict, base: float, target: float, reward: str, pat
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
     save(fig, path)
-    plt.close(fig)

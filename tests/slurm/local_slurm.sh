@@ -9,7 +9,10 @@
 # each other through NodeAddr), each with this machine's CPUs and memory, one default partition
 # named "gpu" (the partition profiles/slurm asks for), two fake GPUs per node (gres with
 # File=/dev/null and /dev/zero: a file-less GPU gres is dropped and drains the node), no accounting (sacct does not work: use slurm-status-command squeue),
-# no cgroups (proctrack/linuxproc, task/none). munged runs with its own key and socket.
+# no cgroups (proctrack/linuxproc). As strict as a production site where one host allows: tasks bound
+# to their CPUs (task/affinity, cores declared per node), memory a consumable resource that a job must
+# ask for (CR_Core_Memory), and WaitTime=3: srun kills a step's other tasks 3 s after its first task
+# exits. munged runs with its own key and socket.
 # The jobstep plugin strips SLURM_CONF inside jobs, so the config is written to /etc/slurm/slurm.conf;
 # `start` refuses to overwrite a slurm.conf it did not write. State lives in $OPGRPO_SLURM_DIR.
 set -euo pipefail
@@ -62,19 +65,25 @@ SlurmdPidFile=$DIR/slurmd-%n.pid
 SlurmctldLogFile=$DIR/slurmctld.log
 SlurmdLogFile=$DIR/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+TaskPlugin=task/affinity
+# a step's remaining tasks are killed this long after its first task ends (sites set it; our rank step's
+# task 0 exits at once, so the ranks must be launched with --wait=0)
+WaitTime=3
+# the declared topology (below) is what Slurm binds to, whatever this host's hardware reports
+SlurmdParameters=config_overrides
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=500
 ReturnToService=2
 # finished jobs stay visible to squeue (the status command without accounting) for 10 minutes
 MinJobAge=600
 GresTypes=gpu
-NodeName=n1 NodeHostname=$host NodeAddr=127.0.0.1 Port=17011 CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
-NodeName=n2 NodeHostname=$host NodeAddr=127.0.0.1 Port=17012 CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
+NodeName=n1 NodeHostname=$host NodeAddr=127.0.0.1 Port=17011 CPUs=$cpus Sockets=1 CoresPerSocket=$cpus ThreadsPerCore=1 RealMemory=$mem Gres=gpu:2 State=UNKNOWN
+NodeName=n2 NodeHostname=$host NodeAddr=127.0.0.1 Port=17012 CPUs=$cpus Sockets=1 CoresPerSocket=$cpus ThreadsPerCore=1 RealMemory=$mem Gres=gpu:2 State=UNKNOWN
 PartitionName=$PARTITION Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
 EOF
   cat >"$ETC/gres.conf" <<EOF
