@@ -11,7 +11,7 @@
 # File=/dev/null and /dev/zero: a file-less GPU gres is dropped and drains the node), no accounting (sacct does not work: use slurm-status-command squeue),
 # no cgroups (proctrack/linuxproc). As strict as a production site where one host allows: tasks bound
 # to their CPUs (task/affinity, cores declared per node), memory a consumable resource that a job must
-# ask for (CR_Core_Memory), and WaitTime=3: srun kills a step's other tasks 3 s after its first task
+# ask for (CR_Core_Memory), and WaitTime=1: srun kills a step's other tasks 1 s after its first task
 # exits. munged runs with its own key and socket.
 # The jobstep plugin strips SLURM_CONF inside jobs, so the config is written to /etc/slurm/slurm.conf;
 # `start` refuses to overwrite a slurm.conf it did not write. State lives in $OPGRPO_SLURM_DIR.
@@ -67,8 +67,8 @@ SlurmdLogFile=$DIR/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/affinity
 # a step's remaining tasks are killed this long after its first task ends (sites set it; our rank step's
-# task 0 exits at once, so the ranks must be launched with --wait=0)
-WaitTime=3
+# task 0 exits at once, so the ranks must be launched with --wait=0); short, so a test job outlives it
+WaitTime=1
 # the declared topology (below) is what Slurm binds to, whatever this host's hardware reports
 SlurmdParameters=config_overrides
 JobAcctGatherType=jobacct_gather/none
