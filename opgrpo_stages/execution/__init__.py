@@ -5,7 +5,8 @@ Two interfaces, and nothing outside this package imports any other of its module
 (``tests/test_architecture.py``):
 
 - this module, for stages and file formats: :func:`data_parallel`, :func:`fault`, :func:`lend`,
-  :func:`stamp`, :func:`one_load_at_a_time`; :func:`training_job` for ``opgrpo preflight``. Each is a thin function that imports its submodule when called, so importing it
+  :func:`stamp`, :func:`one_load_at_a_time`; :func:`training_job` for ``opgrpo preflight``. Each
+  is a thin function that imports its submodule when called, so importing it
   costs nothing and cannot close an import circle.
 - :mod:`opgrpo_stages.execution.workflow`, for the Snakefile (and benchmarks): running a stage
   for its rule, logs, locks, storage pruning, cluster resources, the Snakemake patches.
