@@ -32,6 +32,7 @@ import os
 from pathlib import Path
 
 from .. import layout as L
+from ..report import stats  # the report's definitions: the curves and the report agree
 
 # update_metrics columns shown under replay/ (the rest under update/); per-step log-probs are left out
 _REPLAY_COLS = ("n_replay", "weight_mean", "weight_std", "weight_min", "weight_max", "weight_ess", "weight_capped")
@@ -76,17 +77,6 @@ def stage_seconds(run: str, k: int) -> dict[str, float]:
     return out
 
 
-def degenerate_shares(groups, sources, rewards) -> tuple[float, float]:
-    """(share of groups whose rewards all tie, share whose fresh samples' rewards all tie): a tied
-    group has zero advantage for every sample, so no signal (the report's degenerate groups)."""
-    import pandas as pd
-
-    df = pd.DataFrame({"g": list(groups), "fresh": [s == "fresh" for s in sources], "r": list(rewards)})
-    tied = df.groupby("g")["r"].nunique() <= 1
-    tied_fresh = df[df["fresh"]].groupby("g")["r"].nunique().reindex(tied.index, fill_value=0) <= 1
-    return float(tied.mean()), float(tied_fresh.mean())
-
-
 def _mean(values) -> float:
     return float(values.mean()) if len(values) else math.nan
 
@@ -104,10 +94,9 @@ def train_record(run: str, k: int, paths: dict | None = None) -> dict[str, float
 
     r = rew["reward"].to_numpy(dtype=float)
     source = smp["source"].to_numpy()
-    replay_groups = set(smp.loc[smp["source"] == "replay", "group"])
-    drawn = ~smp["group"].isin(replay_groups).to_numpy()
     rec = {"reward/all": _mean(r), "reward/fresh": _mean(r[source == "fresh"]),
-           "reward/replayed": _mean(r[source == "replay"]), "reward/dataset_drawn": _mean(r[drawn])}
+           "reward/replayed": _mean(r[source == "replay"]),
+           "reward/dataset_drawn": stats.dataset_drawn_mean(smp["group"], source, r)}
     for col in rew.columns:
         if col in ("sample_id", "reward"):
             continue
@@ -123,7 +112,7 @@ def train_record(run: str, k: int, paths: dict | None = None) -> dict[str, float
     if buf is not None:
         rec["replay/buffer_size"] = float(len(buf))
         rec["replay/buffer_mean_reward"] = _mean(buf["reward"].to_numpy(dtype=float))
-    rec["groups/degenerate_share"], rec["groups/degenerate_share_fresh"] = degenerate_shares(
+    rec["groups/degenerate_share"], rec["groups/degenerate_share_fresh"] = stats.degenerate_shares(
         smp["group"], smp["source"], r)
     for stage, s in stage_seconds(run, k).items():
         rec[f"seconds/{stage}"] = s
