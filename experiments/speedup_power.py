@@ -2,7 +2,7 @@
 
     PYTHONPATH=$PWD python experiments/speedup_power.py [--reps 200] [--seeds 16]
 
-Each simulated run's held-out reward curve is base + g_i h(t / s) + e_it at t = 0, 2, ..., 12
+Each simulated run's held-out reward curve is base + g_i h(t / s) + e_it at t = 0, 3, 6, 9, 12 (`--every 2`: 0, 2, ..., 12)
 (h(u) = (1 - exp(-u / 6)) / (1 - exp(-2)): a saturating rise reaching 1 at u = 12 and still rising
 after it), with g_i ~ N(G, sd_seed) the seed's gain at T, e_it ~ N(0, sd_eval) per evaluation (0 at
 the base), Flow-GRPO s = 1 and OP-GRPO s = the true time factor (0.5: it gets in t iterations where
@@ -20,7 +20,7 @@ import numpy as np
 
 from opgrpo_stages.report import speedup_stats as S
 
-XS = np.arange(0, 13, 2)
+XS = np.arange(0, 13, 3)  # the evaluations after iterations 3, 6, 9, 12 (`--every` changes it)
 
 
 def h(u):
@@ -49,14 +49,20 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--seeds", type=int, default=16)
     ap.add_argument("--b", type=int, default=1000)
+    ap.add_argument("--every", type=int, default=3, help="iterations between held-out evaluations (T = 12)")
+    ap.add_argument("--central", action="store_true", help="only the central assumptions' rows")
     a = ap.parse_args(argv)
+    global XS
+    XS = np.arange(0, 13, a.every)
     outcomes = [S.SPEEDUP, S.INCONCLUSIVE, S.NO_SPEEDUP, S.CANNOT_TEST]
-    print(f"seeds per arm {a.seeds}, {a.reps} simulated experiments per row, BCa with {a.b} resamples")
+    print(f"seeds per arm {a.seeds}, evaluations at {XS.tolist()}, {a.reps} simulated experiments per row, "
+          f"BCa with {a.b} resamples")
     print("| gain G at T | sd seed | sd eval | rho | true s | " + " | ".join(outcomes) + " |")
     print("|---" * (5 + len(outcomes)) + "|")
     rng = np.random.default_rng(20261206)
-    for gain, sd_seed, sd_eval, rho, s in itertools.chain(
-            itertools.product([0.03], [0.02], [0.01], [0.0], [1.0, 0.75, 0.5, 0.342]),
+    central = [itertools.product([0.03], [0.02], [0.01], [0.0], [1.0, 0.75, 0.5, 0.342])]
+    for gain, sd_seed, sd_eval, rho, s in itertools.chain(*central) if a.central else itertools.chain(
+            *central,
             itertools.product([0.02, 0.045], [0.02], [0.01], [0.0], [1.0, 0.5]),
             itertools.product([0.03], [0.03], [0.015], [0.0], [1.0, 0.5]),
             itertools.product([0.03], [0.02], [0.01], [0.5], [0.5])):

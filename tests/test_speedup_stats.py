@@ -111,7 +111,8 @@ def test_unpaired_shapes_are_refused():
 
 def test_shipped_speedup_experiment_follows_the_preregistered_design():
     """docs/speedup.md: two arms, >= 16 paired seeds each, T = 12, EMA off, 288 x 1 held-out after
-    iterations 2, 4, ..., 12, groups of 16 x 8 prompts, the main job's OP-GRPO, common streams."""
+    iterations 3, 6, 9, 12, groups of 8 x 8 prompts (the amendment for the time budget), the main job's
+    OP-GRPO, common streams."""
     from pathlib import Path
 
     from opgrpo_stages import config as C
@@ -124,8 +125,8 @@ def test_shipped_speedup_experiment_follows_the_preregistered_design():
         rc = C.resolve_run(cfg, r)
         arms[r.split("-seed")[0]].append(rc["seed"])
         assert rc["train"]["iterations"] == 12 and not rc["train"]["ema"]["enabled"]
-        assert (rc["train"]["group_size"], rc["train"]["prompts_per_iteration"]) == (16, 8)
-        assert rc["eval"]["samples_per_prompt"] == 1 and [k + 1 for k in L.eval_iterations(rc)] == [2, 4, 6, 8, 10, 12]
+        assert (rc["train"]["group_size"], rc["train"]["prompts_per_iteration"]) == (8, 8)
+        assert rc["eval"]["samples_per_prompt"] == 1 and [k + 1 for k in L.eval_iterations(rc)] == [3, 6, 9, 12]
         assert rc["seed_streams"] == "common" and "value" not in rc["reward"].get("options", {}).get("geneval", {})
         assert rc["replay"]["fraction"] == (0.25 if r.startswith("sp_opgrpo") else 0.0)
     assert sorted(arms["sp_flowgrpo"]) == sorted(arms["sp_opgrpo"]) and len(set(arms["sp_flowgrpo"])) >= 16
