@@ -30,7 +30,8 @@ def prune(cfg: dict, iteration: int) -> list[str]:
 def install_snakemake_patches(remote_exec: bool) -> None:
     """Every patch of Snakemake internals (``execution/snakemake_patches.py``), after checking the
     installed versions and that each patched internal is there (``verify``): the linear group
-    check, and inside a cluster job (``remote_exec``) the group's stages as threads."""
+    check, one pending scheduler re-evaluation, and inside a cluster job (``remote_exec``) the group's
+    stages as threads."""
     from . import snakemake_patches
 
     snakemake_patches.verify()  # the tested versions, and each patched internal still there: one clear error
