@@ -20,27 +20,27 @@ import numpy as np
 
 from opgrpo_stages.report import speedup_stats as S
 
-XS = np.arange(0, 13, 3)  # the evaluations after iterations 3, 6, 9, 12 (`--every` changes it)
+T = 12  # iterations; the evaluations are at 0 (the base) and every `--every` iterations up to T
 
 
 def h(u):
     return (1 - np.exp(-u / 6.0)) / (1 - np.exp(-2.0))
 
 
-def simulate(rng, seeds, gain, s, sd_seed, sd_eval, rho, base=0.322):
+def simulate(rng, xs, seeds, gain, s, sd_seed, sd_eval, rho, base=0.322):
     z = rng.multivariate_normal([0, 0], [[1, rho], [rho, 1]], size=seeds)
     g_flow, g_op = gain + sd_seed * z[:, 0], gain + sd_seed * z[:, 1]
-    flow = base + g_flow[:, None] * h(XS / 1.0) + rng.normal(0, sd_eval, (seeds, len(XS)))
-    op = base + g_op[:, None] * h(XS / s) + rng.normal(0, sd_eval, (seeds, len(XS)))
+    flow = base + g_flow[:, None] * h(xs / 1.0) + rng.normal(0, sd_eval, (seeds, len(xs)))
+    op = base + g_op[:, None] * h(xs / s) + rng.normal(0, sd_eval, (seeds, len(xs)))
     flow[:, 0] = op[:, 0] = base
     return flow, op
 
 
-def decision(flow, op, rng, b):
+def decision(xs, flow, op, rng, b):
     g = S.t_interval(flow[:, -1] - flow[:, 0])
     if not g[1] > 0:
         return S.CANNOT_TEST
-    est, lo, hi, _ = S.bca(lambda i: S.ratio(XS, flow[i], op[i]), len(flow), rng, b=b)
+    est, lo, hi, _ = S.bca(lambda i: S.ratio(xs, flow[i], op[i]), len(flow), rng, b=b)
     return S.decide(S.Interval(est, lo, hi, len(flow), ""))
 
 
@@ -52,21 +52,21 @@ def main(argv=None):
     ap.add_argument("--every", type=int, default=3, help="iterations between held-out evaluations (T = 12)")
     ap.add_argument("--central", action="store_true", help="only the central assumptions' rows")
     a = ap.parse_args(argv)
-    global XS
-    XS = np.arange(0, 13, a.every)
+    xs = np.arange(0, T + 1, a.every)
     outcomes = [S.SPEEDUP, S.INCONCLUSIVE, S.NO_SPEEDUP, S.CANNOT_TEST]
-    print(f"seeds per arm {a.seeds}, evaluations at {XS.tolist()}, {a.reps} simulated experiments per row, "
+    print(f"seeds per arm {a.seeds}, evaluations at {xs.tolist()}, {a.reps} simulated experiments per row, "
           f"BCa with {a.b} resamples")
     print("| gain G at T | sd seed | sd eval | rho | true s | " + " | ".join(outcomes) + " |")
     print("|---" * (5 + len(outcomes)) + "|")
     rng = np.random.default_rng(20261206)
-    central = [itertools.product([0.03], [0.02], [0.01], [0.0], [1.0, 0.75, 0.5, 0.342])]
-    for gain, sd_seed, sd_eval, rho, s in itertools.chain(*central) if a.central else itertools.chain(
-            *central,
-            itertools.product([0.02, 0.045], [0.02], [0.01], [0.0], [1.0, 0.5]),
-            itertools.product([0.03], [0.03], [0.015], [0.0], [1.0, 0.5]),
-            itertools.product([0.03], [0.02], [0.01], [0.5], [0.5])):
-        got = [decision(*simulate(rng, a.seeds, gain, s, sd_seed, sd_eval, rho), rng, a.b) for _ in range(a.reps)]
+    rows = list(itertools.product([0.03], [0.02], [0.01], [0.0], [1.0, 0.75, 0.5, 0.342]))  # central
+    if not a.central:
+        rows += [*itertools.product([0.02, 0.045], [0.02], [0.01], [0.0], [1.0, 0.5]),
+                 *itertools.product([0.03], [0.03], [0.015], [0.0], [1.0, 0.5]),
+                 *itertools.product([0.03], [0.02], [0.01], [0.5], [0.5])]
+    for gain, sd_seed, sd_eval, rho, s in rows:
+        got = [decision(xs, *simulate(rng, xs, a.seeds, gain, s, sd_seed, sd_eval, rho), rng, a.b)
+               for _ in range(a.reps)]
         shares = " | ".join(f"{got.count(o) / a.reps:.2f}" for o in outcomes)
         print(f"| {gain} | {sd_seed} | {sd_eval} | {rho} | {s} | {shares} |", flush=True)
 
